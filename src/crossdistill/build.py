@@ -1,0 +1,133 @@
+"""Build everything a run needs from a validated :class:`~crossdistill.config.Config`.
+
+Kept apart from the trainer so that the same objects serve the CLI, tests and user scripts.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from .config import Config, TeacherConfig
+from .data import IndexedDataset, create_dataset
+from .data.transforms import build_eval_transform, build_train_transform
+from .data.seeded import AugmentedDataset
+from .distiller import Distiller
+from .engine.checkpoint import load_checkpoint, load_into, load_state_dict_file, student_state
+from .errors import ConfigError
+from .methods import DataSetup, build_method
+from .models import create_model
+from .tasks import Task, create_task
+from .views import VIEW_CHANNELS, VIEWS
+
+
+@dataclass
+class Run:
+    cfg: Config
+    train_set: Dataset
+    eval_set: Dataset
+    task: Task
+    distiller: Distiller
+    model_spec: Dict[str, Any]
+
+
+def build_data(cfg: Config):
+    d = cfg.data
+    train = create_dataset(d.name, "train", d.root, **d.options)
+    test = create_dataset(d.name, "test", d.root, **d.options)
+    info = train.info
+    train = IndexedDataset(AugmentedDataset(train, build_train_transform(info, d.augment), seed=cfg.seed))
+    test = IndexedDataset(AugmentedDataset(test, build_eval_transform(info), seed=cfg.seed))
+    return train, test, info
+
+
+def task_classes(task_name: str, info) -> Optional[int]:
+    return info.num_seg_classes if task_name == "segmentation" else info.num_classes
+
+
+def build_task(name: str, info) -> Task:
+    return create_task(name, num_classes=task_classes(name, info))
+
+
+def model_spec(name: str, options: Dict[str, Any], task: Task, in_channels: int) -> Dict[str, Any]:
+    return {"name": name, "options": dict(options), "num_classes": task.output_channels(),
+            "in_channels": in_channels, "task": task.name, "task_classes": task.num_classes}
+
+
+def model_from_spec(spec: Dict[str, Any]) -> nn.Module:
+    return create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], **spec["options"])
+
+
+def build_teacher(name: str, t: TeacherConfig, in_channels: int, allow_imports: bool = False) -> nn.Module:
+    where = f"teachers.{name}"
+    if t.input != "identity":
+        in_channels = VIEW_CHANNELS[t.input]
+    if t.checkpoint:
+        ckpt = load_checkpoint(t.checkpoint)
+        model = model_from_spec(ckpt["model_spec"])
+        load_into(model, student_state(ckpt), f"teacher '{name}'", t.checkpoint)
+        return model
+    if t.import_path:
+        if not allow_imports:
+            raise ConfigError(f"{where}.import_path would import Python code ('{t.import_path}'); configs never run code "
+                              "unless you pass --allow-imports to trust this one")
+        model = _import_module_class(t.import_path, where)(**t.options)
+    elif t.model:
+        if t.num_classes is None:
+            raise ConfigError(f"{where}.num_classes is required with {where}.model (the size of the teacher's own head)")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(t.seed)  # a random teacher is reproducible from its seed
+            model = create_model(t.model, num_classes=t.num_classes, in_channels=in_channels, **t.options)
+    else:
+        raise ConfigError(f"{where} needs one of: checkpoint, model (+ weights or random_init: true), import_path")
+    if t.weights:
+        load_into(model, load_state_dict_file(t.weights), f"teacher '{name}'", t.weights)
+    elif not t.random_init and not t.checkpoint:
+        raise ConfigError(f"{where} has no weights: give weights: FILE, a checkpoint, or random_init: true for a random teacher")
+    return model
+
+
+def _import_module_class(path: str, where: str):
+    mod, _, attr = path.partition(":")
+    try:
+        obj = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{where}.import_path '{path}' cannot be imported ({e}); use 'package.module:Class'") from None
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise ConfigError(f"{where}.import_path '{path}' is not an nn.Module class")
+    return obj
+
+
+def build_student(cfg: Config, task: Task, in_channels: int) -> tuple[nn.Module, Dict[str, Any]]:
+    if cfg.distill.student_input != "identity":
+        in_channels = VIEW_CHANNELS[cfg.distill.student_input]
+    spec = model_spec(cfg.student.name, cfg.student.options, task, in_channels)
+    spec["data"] = cfg.data.model_dump(mode="json")  # so `crossdistill eval student.pt` finds its test set
+    spec["student_input"] = cfg.distill.student_input
+    model = model_from_spec(spec)
+    if cfg.student.checkpoint:
+        load_into(model, load_state_dict_file(cfg.student.checkpoint), "student", cfg.student.checkpoint)
+    return model, spec
+
+
+def build_run(cfg: Config, allow_imports: bool = False) -> Run:
+    train, test, info = build_data(cfg)
+    task = build_task(cfg.task, info)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        student, spec = build_student(cfg, task, info.in_channels)
+        teachers = {n: build_teacher(n, t, info.in_channels, allow_imports) for n, t in cfg.teachers.items()}
+        terms = [build_method(term.method, **dict(term.model_extra or {})) for term in cfg.distill.terms]
+        views = {n: VIEWS[t.input] for n, t in cfg.teachers.items() if t.input != "identity"}
+        if cfg.distill.student_input != "identity":
+            views["student"] = VIEWS[cfg.distill.student_input]
+        example = train[0]["input"].unsqueeze(0).repeat(2, 1, 1, 1)
+        distiller = Distiller(student, teachers, terms, task=task, task_weight=cfg.distill.task_weight,
+                              example_input=example, input_transforms=views)
+    labels = getattr(train, "labels", None)
+    distiller.setup(DataSetup(num_samples=len(train), num_classes=info.num_classes, labels=labels))
+    return Run(cfg, train, test, task, distiller, spec)

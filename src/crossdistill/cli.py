@@ -1,0 +1,174 @@
+"""The command line: ``crossdistill train | eval | list | bench | reproduce | demo``.
+
+Every user-caused problem ends in one line on stderr (``error: ...``) and a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from .errors import ConfigError, CrossDistillError
+
+RECIPES = Path(__file__).parent / "configs"
+
+
+def find_config(name: str) -> Path:
+    """A YAML path, or a built-in recipe name such as ``quickstart/kd``."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (RECIPES / name, RECIPES / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"config '{name}' is neither a file nor a built-in recipe; `crossdistill list configs` shows them")
+
+
+def list_configs() -> List[str]:
+    return sorted(str(p.relative_to(RECIPES).with_suffix("")) for p in RECIPES.rglob("*.yaml"))
+
+
+def cmd_train(args) -> int:
+    from .build import build_run
+    from .config import load_config
+    from .engine.distributed import distributed
+    from .engine.trainer import Trainer
+
+    cfg = load_config(find_config(args.config), args.overrides)
+    with distributed():
+        run = build_run(cfg, allow_imports=args.allow_imports)
+        summary = Trainer(run, resume=args.resume).fit()
+    best, last = summary["best"], summary["last"]
+    m = summary["primary_metric"]
+    if last:
+        print(f"done: {m} last {last[m]:.4f} (epoch {last['epoch']}), best {best[m]:.4f} (epoch {best['epoch']}); "
+              f"student saved to {summary['student']}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .engine.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.overrides)
+    print(json.dumps(result, indent=2) if args.json else "  ".join(f"{k}={v:.4f}" for k, v in result.items()))
+    return 0
+
+
+def cmd_list(args) -> int:
+    what = args.what
+    if what == "methods":
+        from .methods import METHODS
+
+        for name in METHODS.names():
+            cls = METHODS.get(name)
+            doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+            print(f"{name:14s} {doc[0] if doc else ''}")
+    elif what == "models":
+        from .models import list_models
+
+        print("\n".join(list_models()))
+    elif what == "datasets":
+        from .data import list_datasets
+
+        print("\n".join(list_datasets()))
+    elif what == "tasks":
+        from .tasks import TASKS
+
+        print("\n".join(TASKS.names()))
+    elif what == "configs":
+        print("\n".join(list_configs()))
+    elif what == "layers":
+        if not args.model:
+            raise ConfigError("`crossdistill list layers MODEL` needs a model name")
+        from .models import create_model
+
+        model = create_model(args.model, num_classes=10)
+        tagged = {p: tag for tag, ps in (("stage", getattr(model, "feature_layers", ())),
+                                         ("pooled", [getattr(model, "pooled_layer", None)]),
+                                         ("encoder", [getattr(model, "encoder_layer", None)])) for p in ps if p}
+        for name, mod in model.named_modules():
+            if name:
+                print(f"{name:40s} {type(mod).__name__:22s} {tagged.get(name, '')}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    run_bench(args.what, args.overrides, quick=args.quick)
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .experiments import reproduce
+
+    reproduce(args.what, quick=args.quick, out=args.out, seeds=args.seeds)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .experiments import demo
+
+    demo(out=args.out, quick=args.quick)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crossdistill", description="Knowledge distillation for PyTorch.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a student (or a teacher: a config without teachers)")
+    t.add_argument("config", help="YAML file or built-in recipe name (see `crossdistill list configs`)")
+    t.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=10 distill.terms.0.weight=2")
+    t.add_argument("--resume", action="store_true", help="continue the run in output_dir from its checkpoint")
+    t.add_argument("--allow-imports", action="store_true", help="trust import_path entries of this config")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint's student on its test set")
+    e.add_argument("checkpoint")
+    e.add_argument("overrides", nargs="*", help="data.key=value to evaluate on other data")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=cmd_eval)
+
+    ls = sub.add_parser("list", help="list methods, models, datasets, tasks, configs, or a model's layers")
+    ls.add_argument("what", choices=["methods", "models", "datasets", "tasks", "configs", "layers"])
+    ls.add_argument("model", nargs="?")
+    ls.set_defaults(fn=cmd_list)
+
+    b = sub.add_parser("bench", help="speed/memory benchmarks, reported as ratios measured in one run")
+    b.add_argument("what", choices=["crd", "amp", "regulariser", "all"])
+    b.add_argument("overrides", nargs="*", help="key=value, e.g. n=50000 k=16384")
+    b.add_argument("--quick", action="store_true")
+    b.set_defaults(fn=cmd_bench)
+
+    r = sub.add_parser("reproduce", help="run an experiment grid over seeds and write tables and plots")
+    r.add_argument("what", choices=["cross-task", "zoo", "quickstart"])
+    r.add_argument("--quick", action="store_true")
+    r.add_argument("--seeds", type=int, default=None)
+    r.add_argument("--out", default=None)
+    r.set_defaults(fn=cmd_reproduce)
+
+    d = sub.add_parser("demo", help="the main job: a quick cross-task distillation demo on built-in data")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--quick", action="store_true")
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except CrossDistillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is intact; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

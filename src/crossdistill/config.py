@@ -1,0 +1,292 @@
+"""Typed, validated configs: YAML recipes + ``key=value`` overrides.
+
+YAML is read with ``yaml.safe_load`` (no tags, no code). A recipe may start from another with
+``base: other.yaml`` (path relative to the recipe; deep-merged, the recipe wins). Every key is
+checked against the schema below before any work starts; an unknown key or a bad value is one
+:class:`ConfigError` line naming the key and the valid choices. Method options are checked against
+the method's own signature (names and types) at load time too.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from .errors import ConfigError, did_you_mean
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    name: str = "shapes"
+    root: Optional[str] = None
+    options: Dict[str, Any] = Field(default_factory=dict)  # dataset-specific, checked by the dataset
+    augment: Literal["crop_flip", "resized_crop_flip", "none"] = "crop_flip"
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: Optional[int] = Field(None, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelConfig(Strict):
+    name: str
+    options: Dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Optional[str] = None  # a crossdistill checkpoint or a plain state-dict file
+
+
+class TeacherConfig(Strict):
+    """A teacher: a crossdistill checkpoint (model read from it), a registered model with weights
+    from a state-dict file, a randomly initialised network fixed by ``seed``, or — only with the
+    CLI's ``--allow-imports`` — a class given by import path ``package.module:Class``."""
+
+    checkpoint: Optional[str] = None
+    model: Optional[str] = None
+    options: Dict[str, Any] = Field(default_factory=dict)
+    num_classes: Optional[int] = Field(None, gt=0)  # output size of the teacher's own head
+    weights: Optional[str] = None
+    random_init: bool = False
+    seed: int = 0
+    import_path: Optional[str] = None
+    input: Literal["identity", "luminance", "chroma", "grayscale3"] = "identity"
+
+
+class TermConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the rest are the method's own options
+    method: str
+
+
+class DistillConfig(Strict):
+    task_weight: float = 1.0
+    terms: List[TermConfig] = Field(default_factory=list)
+    student_input: Literal["identity", "luminance", "chroma", "grayscale3"] = "identity"
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    nesterov: bool = False
+
+
+class ScheduleConfig(Strict):
+    name: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: List[int] = Field(default_factory=lambda: [150, 180, 210])
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(240, ge=0)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: Optional[bool] = None  # None = the measured default for the device
+    compile: bool = False
+    grad_clip: Optional[float] = Field(None, gt=0)
+    nonfinite: Literal["stop", "skip"] = "stop"
+    max_steps_per_epoch: Optional[int] = Field(None, gt=0)
+    eval_every: int = Field(1, gt=0)
+    log_every: int = Field(20, gt=0)
+    checkpoint_every: int = Field(1, gt=0)  # epochs
+    checkpoint_every_steps: Optional[int] = Field(None, gt=0)
+    deterministic: bool = False
+    progress: bool = True
+
+
+class Config(Strict):
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs/run"
+    task: str = "classification"
+    data: DataConfig = Field(default_factory=DataConfig)
+    student: ModelConfig
+    teachers: Dict[str, TeacherConfig] = Field(default_factory=dict)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+def _format_error(err: ValidationError, model: type[BaseModel] = Config) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        parent = _schema_at(model, e["loc"][:-1])
+        valid = list(parent.model_fields) if parent else []
+        return f"unknown config key '{loc}': {did_you_mean(str(e['loc'][-1]), valid)}"
+    if e["type"] == "missing":
+        return f"config key '{loc}' is required"
+    return f"bad value for config key '{loc}' ({e.get('input')!r}): {e['msg']}"
+
+
+def _schema_at(model: type[BaseModel], loc: Sequence[Any]) -> Optional[type[BaseModel]]:
+    cur: Any = model
+    for part in loc:
+        if isinstance(part, int) or cur is None:
+            continue
+        field = getattr(cur, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        cands = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        cur = cands[0] if cands else (args[-1] if args and isinstance(args[-1], type) and issubclass(args[-1], BaseModel) else None)
+    return cur
+
+
+def read_yaml(path: str | os.PathLike, _seen: tuple = ()) -> Dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist; `crossdistill list configs` shows the built-in recipes")
+    if p.resolve() in _seen:
+        raise ConfigError(f"config '{p}' includes itself through 'base:'")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config '{p}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config '{p}' must be a mapping of keys to values, not a {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"'base' in '{p}' must be a path to another YAML file")
+        parent = read_yaml(p.parent / base, _seen + (p.resolve(),))
+        data = deep_merge(parent, data)
+    return data
+
+
+def deep_merge(a: Dict[str, Any], b: Mapping[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def apply_override(data: Dict[str, Any], item: str) -> None:
+    """``a.b.c=value`` (value parsed as YAML: numbers, bools, lists) into the nested dict."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key=value, e.g. train.epochs=10")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override key '{key}' is malformed")
+    cur: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(cur, list):
+            idx = _list_index(cur, part, ".".join(parts[: i + 1]))
+            cur = cur[idx]
+            continue
+        if part not in cur or cur[part] is None:
+            cur[part] = {}
+        cur = cur[part]
+        if not isinstance(cur, (dict, list)):
+            raise ConfigError(f"override '{key}': '{'.'.join(parts[: i + 1])}' is a value, not a section")
+    last = parts[-1]
+    if isinstance(cur, list):
+        cur[_list_index(cur, last, key)] = value
+    else:
+        cur[last] = value
+
+
+def _list_index(seq: list, part: str, where: str) -> int:
+    try:
+        idx = int(part)
+        seq[idx]
+        return idx
+    except (ValueError, IndexError):
+        raise ConfigError(f"override '{where}': index must be 0..{len(seq) - 1}") from None
+
+
+def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = (),
+                data: Optional[Mapping[str, Any]] = None) -> Config:
+    raw = read_yaml(path) if path is not None else copy.deepcopy(dict(data or {}))
+    for item in overrides:
+        apply_override(raw, item)
+    return parse_config(raw)
+
+
+def parse_config(raw: Mapping[str, Any]) -> Config:
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+    check_terms(cfg)
+    return cfg
+
+
+def check_terms(cfg: Config) -> None:
+    from .methods import METHODS
+
+    for i, term in enumerate(cfg.distill.terms):
+        try:
+            cls = METHODS.get(term.method)
+        except ConfigError as e:
+            raise ConfigError(f"distill.terms.{i}.method: {e}") from None
+        validate_options(cls, dict(term.model_extra or {}), f"distill.terms.{i} ({term.method})")
+
+
+# ---------------------------------------------------------------------------------------------
+_SIGNATURE_CACHE: Dict[type, type[BaseModel]] = {}
+
+
+def _options_model(cls: type) -> type[BaseModel]:
+    """A pydantic model of the keyword options accepted by ``cls.__init__`` along its MRO."""
+    if cls in _SIGNATURE_CACHE:
+        return _SIGNATURE_CACHE[cls]
+    fields: Dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        sig = inspect.signature(init)
+        hints = inspect.get_annotations(init, eval_str=True)
+        more = False
+        for name, p in sig.parameters.items():
+            if name == "self" or p.kind == p.VAR_POSITIONAL:
+                continue
+            if p.kind == p.VAR_KEYWORD:
+                more = True
+                continue
+            if name not in fields:
+                default = ... if p.default is p.empty else p.default
+                fields[name] = (hints.get(name, Any), default)
+        if not more:
+            break
+    model = create_model(f"{cls.__name__}Options", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields)
+    _SIGNATURE_CACHE[cls] = model
+    return model
+
+
+def validate_options(cls: type, options: Mapping[str, Any], where: str) -> Dict[str, Any]:
+    """Check option names and types against ``cls.__init__``; return the validated options."""
+    model = _options_model(cls)
+    try:
+        parsed = model.model_validate(dict(options))
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            raise ConfigError(f"{where}: unknown option '{key}': {did_you_mean(key, model.model_fields)}") from None
+        if e["type"] == "missing":
+            raise ConfigError(f"{where}: option '{key}' is required") from None
+        raise ConfigError(f"{where}: bad value for '{key}' ({e.get('input')!r}): {e['msg']}") from None
+    return {k: getattr(parsed, k) for k in options}
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

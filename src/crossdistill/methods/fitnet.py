@@ -1,0 +1,32 @@
+"""FitNet — Romero et al. 2015: regress one intermediate feature map (the "hint").
+
+The projector joins the two spaces; ``projector="inverted"`` maps the teacher's hint into the
+student's space instead (Learning to Project), which lets it drop teacher-specific directions.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from ..losses import hint_loss
+from ..projectors import Projector
+from .base import Method, register_method
+
+
+@register_method("fitnet")
+class FitNet(Method):
+    default_weight = 100.0
+    default_student = "@stage:1"
+    default_teacher = "@stage:1"
+
+    def __init__(self, projector: Literal["standard", "inverted", "identity"] = "standard",
+                 projector_kind: Literal["linear", "conv_bn"] = "conv_bn", **sides):
+        super().__init__(**sides)
+        self.projector_direction = projector
+        self.projector_kind = projector_kind
+
+    def build(self, s, t):
+        self.projector = Projector(s[0].shape[1:], t[0].shape[1:], self.projector_direction, self.projector_kind)
+
+    def forward(self, s, t, batch):
+        z_s, z_t = self.projector(s[0], t[0])
+        return hint_loss(z_s, z_t)

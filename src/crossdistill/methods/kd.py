@@ -1,0 +1,17 @@
+"""KD — Hinton et al. 2015: match the teacher's temperature-softened class distribution."""
+from __future__ import annotations
+
+from ..losses import kd_loss
+from .base import Method, register_method
+
+
+@register_method("kd")
+class KD(Method):
+    default_weight = 0.9  # RepDistiller: γ=0.1 (set task_weight) , α=0.9
+
+    def __init__(self, T: float = 4.0, **sides):
+        super().__init__(**sides)
+        self.T = T
+
+    def forward(self, s, t, batch):
+        return kd_loss(s[0], t[0], self.T)

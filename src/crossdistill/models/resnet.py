@@ -1,0 +1,102 @@
+"""ImageNet-style ResNet-18/34/50 (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016)
+with a CIFAR stem: one 3×3 stride-1 conv and no max-pool, four stages at 32/16/8/4 px for 32×32 inputs.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Type
+
+import torch
+import torch.nn as nn
+
+from .cifar_resnet import BasicBlock, global_pool, init_weights
+from .registry import register_model
+
+
+class Bottleneck(nn.Module):
+    """1×1-BN-ReLU, 3×3 (stride)-BN-ReLU, 1×1 (×4 channels)-BN, plus the shortcut, then ReLU."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU()
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.relu3 = nn.ReLU()
+        self.downsample: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != out_planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu3(out + self.downsample(x))
+
+
+class ResNet(nn.Module):
+    """``stem`` (3×3 conv-BN-ReLU, 64 ch), ``layer1``..``layer4`` (64/128/256/512 × expansion),
+    ``pool``, ``fc``."""
+
+    def __init__(
+        self,
+        block: Type[BasicBlock] | Type[Bottleneck],
+        blocks: Sequence[int],
+        num_classes: int = 100,
+        in_channels: int = 3,
+    ):
+        super().__init__()
+        expansion = block.expansion
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+        )
+        self._planes = 64
+        self.layer1 = self._make_stage(block, 64, blocks[0], 1, expansion)
+        self.layer2 = self._make_stage(block, 128, blocks[1], 2, expansion)
+        self.layer3 = self._make_stage(block, 256, blocks[2], 2, expansion)
+        self.layer4 = self._make_stage(block, 512, blocks[3], 2, expansion)
+        self.pool = global_pool()
+        self.fc = nn.Linear(512 * expansion, num_classes)
+
+        self.feature_layers: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+        self.pooled_layer = "pool"
+        self.classifier = "fc"
+        init_weights(self)
+
+    def _make_stage(self, block, planes: int, n: int, stride: int, expansion: int) -> nn.Sequential:
+        layers = []
+        for i in range(n):
+            layers.append(block(self._planes, planes, stride if i == 0 else 1))
+            self._planes = planes * expansion
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.layer4(x)
+        return self.fc(self.pool(x))
+
+
+@register_model("ResNet18")
+def ResNet18(num_classes: int = 100, in_channels: int = 3, **kwargs) -> ResNet:
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+@register_model("ResNet34")
+def ResNet34(num_classes: int = 100, in_channels: int = 3, **kwargs) -> ResNet:
+    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+@register_model("ResNet50")
+def ResNet50(num_classes: int = 100, in_channels: int = 3, **kwargs) -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels, **kwargs)

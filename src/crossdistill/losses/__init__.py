@@ -1,0 +1,59 @@
+"""Every distillation loss as a pure function of tensors.
+
+No function holds state or reads globals, and none detaches the teacher: the ``Distiller`` runs the
+teacher under ``no_grad`` (so the same functions serve mutual learning). Inputs arrive already
+projected and resized; a mismatch raises :class:`~crossdistill.errors.ShapeError`. Each docstring
+states the formula and its normalisation.
+"""
+from __future__ import annotations
+
+from .contrastive import crd_logits, crd_loss_from_logits, crd_nce_loss, crd_scores, infonce_loss
+from .features import (
+    ab_loss,
+    at_loss,
+    attention_map,
+    factor_loss,
+    fsp_loss,
+    fsp_matrix,
+    hint_loss,
+    nst_loss,
+    vid_loss,
+)
+from .logits import kd_loss
+from .relations import cc_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss, rkd_loss, sp_loss
+from .spectral import (
+    feature_rows,
+    inverted_l2_decomposition,
+    spectral_energy,
+    spectral_tail_energy,
+    spectral_tail_ratio,
+)
+
+__all__ = [
+    "kd_loss",
+    "hint_loss",
+    "attention_map",
+    "at_loss",
+    "ab_loss",
+    "factor_loss",
+    "fsp_matrix",
+    "fsp_loss",
+    "nst_loss",
+    "vid_loss",
+    "sp_loss",
+    "cc_loss",
+    "rkd_distance_loss",
+    "rkd_angle_loss",
+    "rkd_loss",
+    "pkt_loss",
+    "crd_logits",
+    "crd_scores",
+    "crd_nce_loss",
+    "crd_loss_from_logits",
+    "infonce_loss",
+    "feature_rows",
+    "inverted_l2_decomposition",
+    "spectral_energy",
+    "spectral_tail_ratio",
+    "spectral_tail_energy",
+]

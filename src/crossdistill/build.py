@@ -4,7 +4,10 @@ Kept apart from the trainer so that the same objects serve the CLI, tests and us
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import json
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -35,10 +38,19 @@ class Run:
     model_spec: Dict[str, Any]
 
 
+@functools.lru_cache(maxsize=8)
+def _dataset(name: str, split: str, root: Optional[str], options_json: str) -> Dataset:
+    """Datasets are read-only once built: a process that runs many configs (a reproduction grid)
+    builds each one once."""
+    return create_dataset(name, split, root, **json.loads(options_json))
+
+
 def build_data(cfg: Config):
     d = cfg.data
-    train = create_dataset(d.name, "train", d.root, **d.options)
-    test = create_dataset(d.name, "test", d.root, **d.options)
+    key = json.dumps(d.options, sort_keys=True)
+    root = os.path.expanduser(d.root) if d.root else None
+    train = _dataset(d.name, "train", root, key)
+    test = _dataset(d.name, "test", root, key)
     info = train.info
     train = IndexedDataset(AugmentedDataset(train, build_train_transform(info, d.augment), seed=cfg.seed))
     test = IndexedDataset(AugmentedDataset(test, build_eval_transform(info), seed=cfg.seed))
@@ -50,6 +62,12 @@ def task_classes(task_name: str, info) -> Optional[int]:
 
 
 def build_task(name: str, info) -> Task:
+    from .tasks import TASKS
+
+    key = getattr(TASKS.get(name), "target_key", "")
+    if key and info.fields and key not in info.fields:
+        raise ConfigError(f"task '{name}' needs the dataset field '{key}', but the dataset gives only "
+                          f"{', '.join(info.fields)}; pick a dataset that provides '{key}' or another task")
     return create_task(name, num_classes=task_classes(name, info))
 
 

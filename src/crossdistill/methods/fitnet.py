@@ -2,12 +2,16 @@
 
 The projector joins the two spaces; ``projector="inverted"`` maps the teacher's hint into the
 student's space instead (Learning to Project), which lets it drop teacher-specific directions.
+With the inverted projector the student's feature is compared untransformed, so the squared-L2
+loss splits exactly into a knowledge-transfer and a spectral-regularisation part (see
+``losses.spectral.inverted_l2_decomposition``); both are logged as ``fitnet/transfer`` and
+``fitnet/spectral`` and sum to the loss.
 """
 from __future__ import annotations
 
 from typing import Literal
 
-from ..losses import hint_loss
+from ..losses import hint_loss, inverted_l2_decomposition
 from ..projectors import Projector
 from .base import Method, register_method
 
@@ -29,4 +33,9 @@ class FitNet(Method):
 
     def forward(self, s, t, batch):
         z_s, z_t = self.projector(s[0], t[0])
-        return hint_loss(z_s, z_t)
+        if self.projector_direction != "inverted":
+            return hint_loss(z_s, z_t)
+        # MSE = (row-wise squared L2) / d, so each part is divided by d to stay on the MSE scale
+        d = z_s.shape[1]
+        parts = inverted_l2_decomposition(z_s, z_t)
+        return {"loss": hint_loss(z_s, z_t), "transfer": parts["transfer"] / d, "spectral": parts["spectral"] / d}

@@ -1,5 +1,6 @@
 """ImageNet-style ResNet-18/34/50 (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016)
-with a CIFAR stem: one 3×3 stride-1 conv and no max-pool, four stages at 32/16/8/4 px for 32×32 inputs.
+with a CIFAR stem: one 3×3 stride-1 conv and no max-pool, four stages at 32/16/8/4 px for 32×32 inputs
+(option ``stem="imagenet"``: the usual 7×7/2 conv + 3×3/2 max-pool, for 224 px ImageNet inputs).
 """
 from __future__ import annotations
 
@@ -52,12 +53,23 @@ class ResNet(nn.Module):
         blocks: Sequence[int],
         num_classes: int = 100,
         in_channels: int = 3,
+        stem: str = "cifar",
     ):
         super().__init__()
         expansion = block.expansion
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
-        )
+        if stem == "cifar":
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+            )
+        elif stem == "imagenet":  # 7×7 stride-2 conv + 3×3 stride-2 max-pool, for 224 px inputs
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            )
+        else:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"ResNet stem '{stem}' is unknown: valid choices: cifar, imagenet")
         self._planes = 64
         self.layer1 = self._make_stage(block, 64, blocks[0], 1, expansion)
         self.layer2 = self._make_stage(block, 128, blocks[1], 2, expansion)

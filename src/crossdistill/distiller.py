@@ -15,7 +15,7 @@ Teachers are frozen, kept in eval mode and run under ``no_grad``; they are not p
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -212,7 +212,7 @@ class Distiller(nn.Module):
                                "creating the optimiser (projector shapes come from one dry run)")
         batch = as_batch(batch)
         phase = self.phase
-        active = [phase == MAIN or phase in term.extra_phases() for term in self.terms]
+        active = [term.active_in(phase) for term in self.terms]
         s_feats, t_feats = self._forward_networks(batch["input"], active)
         parts: Dict[str, Tensor] = {}
         total = s_feats[OUTPUT].new_zeros((), dtype=torch.float32)
@@ -233,7 +233,8 @@ class Distiller(nn.Module):
                 parts[label] = loss.detach()
                 for k, v in logs.items():
                     parts[f"{label}/{k}"] = v.detach()
-                total = total + term.weight * loss
+                # β weighs a term against the task loss; extra phases have no task loss to weigh against
+                total = total + (term.weight if phase == MAIN else 1.0) * loss
         return total, parts
 
     def predict(self, x: Tensor) -> Tensor:

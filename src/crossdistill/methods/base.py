@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Iterable, List, Optional, Sequence, Union
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -73,6 +72,11 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         pass
 
+    def active_in(self, phase: str) -> bool:
+        """Whether this term contributes in ``phase`` (an inactive term costs nothing: no teacher
+        forward on its behalf). Default: the main phase and the phases it declares."""
+        return phase == "main" or phase in self.extra_phases()
+
     def extra_phases(self) -> Dict[str, int]:
         """Phases (name → epochs) to run before main training."""
         return {}
@@ -115,7 +119,3 @@ def split_loss(result: LossResult) -> tuple[Tensor, Dict[str, Tensor]]:
         return result, {}
     parts = dict(result)
     return parts.pop("loss"), parts
-
-
-def zero_like_loss(ref: Tensor) -> Tensor:
-    return torch.zeros((), device=ref.device, dtype=torch.float32)

@@ -1,0 +1,32 @@
+"""AT — Zagoruyko & Komodakis, 2017: match the spatial attention maps (channel-mean of f²) of every stage.
+
+Each stage's teacher map is resized to the student's spatial size; channel counts may differ, so
+no projector is needed. The per-stage losses are *summed*, as in RepDistiller, whose ``β = 1000``
+assumes that sum of ``mean_{b,j} (a_s − a_t)²`` terms.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from ..losses import at_loss
+from ..projectors import match_spatial
+from .base import Method, register_method
+
+
+@register_method("at")
+class AT(Method):
+    default_weight = 1000.0
+    default_student = "@stages"
+    default_teacher = "@stages"
+
+    def __init__(self, p: float = 2.0, **sides):
+        super().__init__(**sides)
+        self.p = p
+
+    def build(self, s, t):
+        if len(s) != len(t):
+            raise ConfigError(f"at: {len(s)} student maps but {len(t)} teacher maps; tap as many on each side")
+
+    def forward(self, s, t, batch):
+        return torch.stack([at_loss(fs, match_spatial(ft, fs.shape[-2:]), self.p) for fs, ft in zip(s, t)]).sum()

@@ -1,0 +1,27 @@
+"""SP — Tung & Mori, 2019: preserve the batch's pairwise similarity (row-normalised Gram) of the last stage.
+
+The B×B Gram matrices do not depend on the feature width, so no projector is needed.
+``sp_loss`` is RepDistiller's ``||G_s − G_t||_F² / B²`` and its ``β = 3000`` applies unchanged;
+several tapped layers give the sum of their losses (RepDistiller's ``sum(loss_group)``).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from ..losses import sp_loss
+from .base import Method, register_method
+
+
+@register_method("sp")
+class SP(Method):
+    default_weight = 3000.0
+    default_student = "@stage:-1"
+    default_teacher = "@stage:-1"
+
+    def build(self, s, t):
+        if len(s) != len(t):
+            raise ConfigError(f"sp: {len(s)} student layers but {len(t)} teacher layers; tap as many on each side")
+
+    def forward(self, s, t, batch):
+        return torch.stack([sp_loss(fs, ft) for fs, ft in zip(s, t)]).sum()

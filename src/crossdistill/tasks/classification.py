@@ -1,0 +1,50 @@
+"""Image classification: logits ``[B, K]`` against the batch field ``"label"`` ``[B]``."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..errors import ConfigError
+from .base import Task, _check_target, register_task
+
+
+def metrics_device(metrics):
+    """The device a metric collection lives on (the caller keeps it on CPU; the model may not be)."""
+    return next(iter(metrics.values())).device
+
+
+@register_task("classification")
+class ClassificationTask(Task):
+    name = "classification"
+    target_key = "label"
+    primary_metric = "acc"
+    higher_is_better = True
+
+    def __init__(self, num_classes: int | None = None):
+        if num_classes is None or int(num_classes) < 2:
+            raise ConfigError(f"task 'classification' needs num_classes >= 2, got {num_classes}")
+        super().__init__(int(num_classes))
+
+    def output_channels(self) -> int:
+        return self.num_classes
+
+    def loss(self, output: Tensor, batch: Dict[str, Tensor]) -> Tensor:
+        label = _check_target(batch, self.target_key, self.name).to(output.device).long()
+        return F.cross_entropy(output.float(), label)
+
+    def metrics(self) -> MetricCollection:
+        m = {"acc": MulticlassAccuracy(self.num_classes, top_k=1, average="micro")}
+        if self.num_classes >= 10:
+            m["acc5"] = MulticlassAccuracy(self.num_classes, top_k=5, average="micro")
+        # compute_groups=False: top-1 and top-5 states can coincide on the first batch, and
+        # torchmetrics would then merge them into one group for good.
+        return MetricCollection(m, compute_groups=False)
+
+    def update_metrics(self, metrics, output: Tensor, batch: Dict[str, Tensor]) -> None:
+        label = _check_target(batch, self.target_key, self.name)
+        dev = metrics_device(metrics)
+        metrics.update(output.detach().float().to(dev), label.to(dev).long())

@@ -14,6 +14,10 @@ def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: 
         from .cross_task import reproduce_cross_task as fn
     elif what == "zoo":
         from .zoo import reproduce_zoo as fn
+    elif what == "ensemble":
+        from .settings import reproduce_ensemble as fn
+    elif what == "cross-modal":
+        from .settings import reproduce_cross_modal as fn
     else:
         from .quickstart import reproduce_quickstart as fn
     md = fn(folder, quick=quick, seeds=seed_list)

@@ -103,7 +103,8 @@ def build_teacher(name: str, t: TeacherConfig, in_channels: int, allow_imports: 
     else:
         raise ConfigError(f"{where} needs one of: checkpoint, model (+ weights or random_init: true), import_path")
     if t.weights:
-        load_into(model, load_state_dict_file(t.weights), f"teacher '{name}'", t.weights)
+        weights = os.path.expanduser(t.weights)
+        load_into(model, load_state_dict_file(weights), f"teacher '{name}'", weights)
     elif not t.random_init and not t.checkpoint:
         raise ConfigError(f"{where} has no weights: give weights: FILE, a checkpoint, or random_init: true for a random teacher")
     return model

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -28,7 +27,8 @@ def find_config(name: str) -> Path:
 
 
 def list_configs() -> List[str]:
-    return sorted(str(p.relative_to(RECIPES).with_suffix("")) for p in RECIPES.rglob("*.yaml"))
+    # files starting with "_" are shared bases, not runnable recipes
+    return sorted(str(p.relative_to(RECIPES).with_suffix("")) for p in RECIPES.rglob("*.yaml") if not p.name.startswith("_"))
 
 
 def cmd_train(args) -> int:
@@ -116,20 +116,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one ``error: ...`` line too (not usage text + message)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="crossdistill", description="Knowledge distillation for PyTorch.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="crossdistill", description="Knowledge distillation for PyTorch.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a student (or a teacher: a config without teachers)")
     t.add_argument("config", help="YAML file or built-in recipe name (see `crossdistill list configs`)")
-    t.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=10 distill.terms.0.weight=2")
+    t.add_argument("overrides", nargs="*", default=[], help="key=value, e.g. train.epochs=10 distill.terms.0.weight=2")
     t.add_argument("--resume", action="store_true", help="continue the run in output_dir from its checkpoint")
     t.add_argument("--allow-imports", action="store_true", help="trust import_path entries of this config")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint's student on its test set")
     e.add_argument("checkpoint")
-    e.add_argument("overrides", nargs="*", help="data.key=value to evaluate on other data")
+    e.add_argument("overrides", nargs="*", default=[], help="data.key=value to evaluate on other data")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
 
@@ -140,12 +147,12 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="speed/memory benchmarks, reported as ratios measured in one run")
     b.add_argument("what", choices=["crd", "amp", "regulariser", "all"])
-    b.add_argument("overrides", nargs="*", help="key=value, e.g. n=50000 k=16384")
+    b.add_argument("overrides", nargs="*", default=[], help="key=value, e.g. n=50000 k=16384")
     b.add_argument("--quick", action="store_true")
     b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser("reproduce", help="run an experiment grid over seeds and write tables and plots")
-    r.add_argument("what", choices=["cross-task", "zoo", "quickstart"])
+    r.add_argument("what", choices=["cross-task", "zoo", "quickstart", "ensemble", "cross-modal"])
     r.add_argument("--quick", action="store_true")
     r.add_argument("--seeds", type=int, default=None)
     r.add_argument("--out", default=None)
@@ -158,13 +165,31 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Like ``parse_args``, but ``key=value`` overrides may also come after a flag
+    (``crossdistill train CFG --resume train.epochs=10``), which plain argparse refuses."""
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and not any(x.startswith("-") for x in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return args.fn(args)
     except CrossDistillError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the environment, not the input: disk full, permissions, a vanished folder
+        where = f" ('{e.filename}')" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}; check free disk space and permissions (a training run's last "
+              "checkpoint is intact: resume it with --resume)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is intact; resume with --resume", file=sys.stderr)
         return 130

@@ -21,7 +21,8 @@ from .errors import ConfigError, did_you_mean
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `lr=.inf` or `.nan` (valid YAML floats) are bad values, not a run that NaNs
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(Strict):
@@ -98,6 +99,7 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(1, gt=0)  # epochs
     checkpoint_every_steps: Optional[int] = Field(None, gt=0)
     deterministic: bool = False
+    threads: Optional[int] = Field(None, gt=0)  # torch intra-op threads; bit-exact resume needs the same count
     progress: bool = True
 
 
@@ -114,16 +116,24 @@ class Config(Strict):
 
 
 # ---------------------------------------------------------------------------------------------
-def _format_error(err: ValidationError, model: type[BaseModel] = Config) -> str:
+def format_validation_error(err: ValidationError, model: Optional[type[BaseModel]] = None, prefix: str = "") -> str:
+    """One line for the first problem pydantic found: the dotted key, the value, what is wrong."""
+    return _format_error(err, model or Config, prefix)
+
+
+def _format_error(err: ValidationError, model: Optional[type[BaseModel]] = None, prefix: str = "") -> str:
+    model = model or Config
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
+    loc = prefix + ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
         parent = _schema_at(model, e["loc"][:-1])
         valid = list(parent.model_fields) if parent else []
         return f"unknown config key '{loc}': {did_you_mean(str(e['loc'][-1]), valid)}"
     if e["type"] == "missing":
         return f"config key '{loc}' is required"
-    return f"bad value for config key '{loc}' ({e.get('input')!r}): {e['msg']}"
+    shown = repr(e.get("input"))
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return f"bad value for config key '{loc}' ({shown}): {e['msg']}"
 
 
 def _schema_at(model: type[BaseModel], loc: Sequence[Any]) -> Optional[type[BaseModel]]:
@@ -143,20 +153,27 @@ def _schema_at(model: type[BaseModel], loc: Sequence[Any]) -> Optional[type[Base
 
 def read_yaml(path: str | os.PathLike, _seen: tuple = ()) -> Dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"config file '{p}' does not exist; `crossdistill list configs` shows the built-in recipes")
+    if not p.is_file():
+        raise ConfigError(f"config '{p}' is not a file; give the path of a YAML file")
     if p.resolve() in _seen:
-        raise ConfigError(f"config '{p}' includes itself through 'base:'")
+        raise ConfigError(f"config '{p}' includes itself through 'base:'; remove the loop")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config '{p}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config '{p}' is not a text file (not UTF-8); give a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config '{p}' ({e.strerror or e}); check its permissions") from None
+    data = parse_yaml_text(text, f"config '{p}'")
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config '{p}' must be a mapping of keys to values, not a {type(data).__name__}")
+        raise ConfigError(f"config '{p}' must be a mapping of keys to values (key: value lines), "
+                          f"not a {type(data).__name__}")
+    bad_keys = [k for k in data if not isinstance(k, str)]
+    if bad_keys:
+        raise ConfigError(f"config '{p}': key {bad_keys[0]!r} is not a name; config keys are words such as 'train'")
     base = data.pop("base", None)
     if base is not None:
         if not isinstance(base, str):
@@ -164,6 +181,30 @@ def read_yaml(path: str | os.PathLike, _seen: tuple = ()) -> Dict[str, Any]:
         parent = read_yaml(p.parent / base, _seen + (p.resolve(),))
         data = deep_merge(parent, data)
     return data
+
+
+def parse_yaml_text(text: str, what: str) -> Any:
+    """``yaml.safe_load`` (plain data only) with one-line errors; tags such as ``!!python/...`` are refused."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        if "tag" not in str(e.problem):
+            raise ConfigError(f"{what} is not a valid config{where}: {_one_line(e.problem or e)}") from None
+        raise ConfigError(f"{what} uses a YAML tag{where} ({_one_line(e.problem or e)}); configs are plain data "
+                          "and never construct objects or run code: remove the tag") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{what} is not valid YAML{where}: {_one_line(getattr(e, 'problem', None) or e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} is nested too deeply to be a config") from None
+
+
+def _one_line(x: Any) -> str:
+    text = " ".join(str(x).split())
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def deep_merge(a: Dict[str, Any], b: Mapping[str, Any]) -> Dict[str, Any]:
@@ -174,26 +215,34 @@ def deep_merge(a: Dict[str, Any], b: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def apply_override(data: Dict[str, Any], item: str) -> None:
-    """``a.b.c=value`` (value parsed as YAML: numbers, bools, lists) into the nested dict."""
-    if "=" not in item:
+    """``a.b.c=value`` into the nested dict. The value is parsed as a YAML scalar/flow value (numbers,
+    bools, null, ``[lists]``, ``{maps}``) exactly as ``yaml.safe_load`` would; text that is not valid
+    YAML (e.g. ``name=a: b``) is kept as the plain string. An empty value is ``null``. A list
+    element is addressed by its index (``distill.terms.0.weight=2``)."""
+    if not isinstance(item, str) or "=" not in item:
         raise ConfigError(f"override '{item}' must look like key=value, e.g. train.epochs=10")
     key, raw = item.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except yaml.constructor.ConstructorError as e:
+        if "tag" in str(e.problem):
+            raise ConfigError(f"override '{key}' uses a YAML tag ({_one_line(raw)}); values are plain data "
+                              "(numbers, text, lists), never objects") from None
+        value = raw
+    except (yaml.YAMLError, RecursionError):
         value = raw
     parts = key.strip().split(".")
-    if not all(parts):
-        raise ConfigError(f"override key '{key}' is malformed")
+    if not all(p.strip() for p in parts):
+        raise ConfigError(f"override key '{key}' is malformed; use dotted names such as train.optimizer.lr=0.1")
     cur: Any = data
     for i, part in enumerate(parts[:-1]):
         if isinstance(cur, list):
-            idx = _list_index(cur, part, ".".join(parts[: i + 1]))
-            cur = cur[idx]
-            continue
-        if part not in cur or cur[part] is None:
+            cur = cur[_list_index(cur, part, ".".join(parts[: i + 1]))]
+        elif part not in cur or cur[part] is None:
             cur[part] = {}
-        cur = cur[part]
+            cur = cur[part]
+        else:
+            cur = cur[part]
         if not isinstance(cur, (dict, list)):
             raise ConfigError(f"override '{key}': '{'.'.join(parts[: i + 1])}' is a value, not a section")
     last = parts[-1]
@@ -206,10 +255,12 @@ def apply_override(data: Dict[str, Any], item: str) -> None:
 def _list_index(seq: list, part: str, where: str) -> int:
     try:
         idx = int(part)
-        seq[idx]
-        return idx
-    except (ValueError, IndexError):
-        raise ConfigError(f"override '{where}': index must be 0..{len(seq) - 1}") from None
+    except ValueError:
+        idx = -1
+    if not part.strip().isdigit() or not 0 <= idx < len(seq):
+        valid = f"0..{len(seq) - 1}" if seq else "none (the list is empty)"
+        raise ConfigError(f"override '{where}': '{part}' is not an index of this list; valid indices: {valid}")
+    return idx
 
 
 def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = (),

@@ -5,17 +5,22 @@ previous checkpoint stays intact until the new one is complete, whatever kills t
 write that fails (disk full, no permission) removes its temporary file and raises one clear error.
 
 Reading: always ``torch.load(..., weights_only=True)`` — tensors, numbers, strings and containers
-only; a file that needs anything else (pickled classes, code) is refused as untrusted.
+only; a file that needs anything else (pickled classes, code) is refused as untrusted. The zip
+archive's CRCs are checked first (torch does not), so a damaged file is an error, not bad weights.
+See docs/reliability.md and docs/security.md.
 """
 from __future__ import annotations
 
 import errno
 import os
 import pickle
+import re
 import tempfile
+import time
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 
@@ -25,18 +30,39 @@ FORMAT = "crossdistill-checkpoint"
 VERSION = 1
 
 
+#: Test hook (see docs/reliability.md): seconds to pause after the temporary file is complete and
+#: fsynced but before it is renamed over the checkpoint, so a test can SIGKILL a run mid-save.
+SLOW_SAVE_ENV = "CROSSDISTILL_TEST_SLOW_SAVE"
+
+
+def temp_prefix(path: Path) -> str:
+    """Temporary files of ``atomic_save(…, path)`` are ``.{name}.XXXXXXXX.tmp`` next to it."""
+    return f".{path.name}."
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file, fsync, then rename over ``path`` (atomic on POSIX).
+
+    A reader sees either the previous complete file or the new complete file, never a mix; a kill at
+    any moment leaves at most a stale ``.NAME.*.tmp`` beside it (never read; removed on resume by
+    :func:`remove_stale_temps`).
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise CheckpointError(f"cannot write to '{path.parent}': {e.strerror}; choose a writable output_dir") from None
+        raise CheckpointError(f"cannot write to '{path.parent}' ({e.strerror or e}); "
+                              "choose a writable output_dir=...") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        pause = os.environ.get(SLOW_SAVE_ENV)
+        if pause:
+            time.sleep(float(pause))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as e:
@@ -45,11 +71,58 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         except OSError:
             pass
         if isinstance(e, OSError):
-            hint = "free some disk space" if e.errno == errno.ENOSPC else "check the output_dir permissions"
-            raise CheckpointError(f"could not write checkpoint '{path}': {e.strerror or e}; {hint} "
+            hint = "free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else \
+                "check the output_dir permissions"
+            raise CheckpointError(f"could not write '{path}' ({e.strerror or e}); {hint} and resume with --resume "
                                   "(the previous checkpoint is intact)") from None
         raise
     return path
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """A small text file (e.g. summary.json) written with the same protocol as :func:`atomic_save`."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"cannot write to '{path.parent}' ({e.strerror or e}); "
+                              "choose a writable output_dir=...") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise CheckpointError(f"could not write '{path}' ({e.strerror or e}); free some disk space or check "
+                                  "the output_dir permissions, then resume with --resume") from None
+        raise
+    return path
+
+
+def remove_stale_temps(path: str | os.PathLike) -> List[Path]:
+    """Delete temporary files left beside ``path`` by a save that was killed; returns them."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(temp_prefix(path) + "*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -65,33 +138,100 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"
+
+
 def load_file(path: str | os.PathLike) -> Any:
     """``torch.load`` with ``weights_only=True`` and one clear error for each way it can fail."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint '{path}' does not exist; check the path")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
+        raise CheckpointError(f"checkpoint '{path}' is not a file; give the path of a .pt file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint '{path}' ({e.strerror or e}); check its permissions") from None
+    if not head:
+        raise CheckpointError(f"checkpoint '{path}' is empty (an interrupted copy?); use an earlier checkpoint")
+    if head != _ZIP_MAGIC and not head.startswith(_PICKLE_PROTO):
+        raise CheckpointError(f"'{path}' is not a PyTorch checkpoint (it starts with {head!r}, not a torch.save "
+                              "archive); give a file written by crossdistill or torch.save")
+    if head == _ZIP_MAGIC:
+        _check_crc(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(f"checkpoint '{path}' holds objects other than tensors and plain values "
-                                  f"and is refused as untrusted ({first[:120]}); re-save it as a state_dict") from None
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({first[:120]}); use an earlier checkpoint") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, IndexError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({msg[:120]}); use an earlier checkpoint") from None
+        text = str(e)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found or (head != _ZIP_MAGIC and "Weights only load failed" in text):
+            what = f"needs the Python object '{found.group(1)}'" if found else \
+                "is not a tensors-only torch.save file (a raw pickle?)"
+            raise CheckpointError(f"checkpoint '{path}' {what} and is refused: only tensors and plain values are "
+                                  "loaded (weights_only=True), because unpickling can run code; if you trust the "
+                                  "file, convert it to a state_dict as shown in docs/security.md") from None
+        detail = re.search(r"Unsupported [^\n.]+", text)
+        detail = detail.group(0).strip() if detail else _first_line(e)
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated (damaged pickle data: {detail}); "
+                              "use an earlier checkpoint") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, IndexError,
+            KeyError, TypeError, MemoryError, OverflowError) as e:
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({_first_line(e)}); "
+                              "use an earlier checkpoint") from None
+
+
+def _check_crc(path: Path) -> None:
+    """torch.load does not verify the archive's CRC32s, so a flipped bit in a tensor would load
+    silently; check them first (one extra read of the file, ~1 GB/s)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({_first_line(e)}); "
+                              "use an earlier checkpoint") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint '{path}' is corrupt: its part '{bad}' fails its CRC check (damaged on "
+                              "disk or in transfer); use an earlier checkpoint or copy it again")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    return line if len(line) <= 100 else line[:97] + "..."
 
 
 def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
     """A crossdistill checkpoint (training state or exported student)."""
-    obj = load_file(path)
+    return _validated(load_file(path), path)
+
+
+def _validated(obj: Any, path: str | os.PathLike) -> Dict[str, Any]:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"'{path}' is not a crossdistill checkpoint (a plain state_dict? "
                               "give it as `weights:` of a model instead)")
-    if obj.get("version", 0) > VERSION:
-        raise CheckpointError(f"checkpoint '{path}' has format version {obj['version']}, newer than this "
+    version = obj.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"checkpoint '{path}' has format version {version!r}, newer than this "
                               f"crossdistill understands ({VERSION}); upgrade crossdistill")
+    kind = obj.get("kind")
+    need = {"train": ("model_spec", "distiller", "optimizer", "position", "rng"),
+            "student": ("model_spec", "student")}.get(kind)
+    if need is None:
+        raise CheckpointError(f"checkpoint '{path}' has an unknown kind {kind!r} (expected 'train' or 'student'); "
+                              "it was not written by crossdistill")
+    lacking = [k for k in need if not isinstance(obj.get(k), (dict, list, tuple))]
+    spec = obj.get("model_spec")
+    if isinstance(spec, dict):
+        types = {"name": str, "options": dict, "num_classes": int, "in_channels": int}
+        lacking += [f"model_spec.{k}" for k, t in types.items() if not isinstance(spec.get(k), t)]
+    if lacking:
+        raise CheckpointError(f"checkpoint '{path}' lacks {', '.join(lacking)}; it is damaged or was not written "
+                              "by crossdistill — use an earlier checkpoint")
     return obj
 
 
@@ -99,7 +239,7 @@ def load_state_dict_file(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     """A state dict: a plain ``{name: tensor}`` file, or the student of a crossdistill checkpoint."""
     obj = load_file(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return student_state(obj)
+        return student_state(_validated(obj, path))
     for key in ("state_dict", "model", "student"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -111,19 +251,28 @@ def load_state_dict_file(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
 
 def load_into(model: torch.nn.Module, state: Dict[str, torch.Tensor], what: str, source: str) -> None:
     """``load_state_dict`` with a one-line message on missing/unexpected keys or shape mismatch."""
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"weights in '{source}' are not all tensors ({not_tensors[:3]}); "
+                              "give a state_dict file (names → tensors)")
+    try:
+        # torch's own strict load first: it runs the models' key-renaming hooks
+        # (_load_from_state_dict), so legacy layouts a model knows how to read are accepted
+        model.load_state_dict(state)
+        return
+    except RuntimeError:
+        pass
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        detail = "; ".join(x for x in (
-            f"missing {missing[:3]}" if missing else "",
-            f"unexpected {unexpected[:3]}" if unexpected else "",
-            f"shape mismatch {wrong[:2]}" if wrong else "") if x)
-        raise CheckpointError(f"weights in '{source}' do not fit the {what}: {detail}; "
-                              "check the model name, num_classes and in_channels")
-    model.load_state_dict(state)
+    detail = "; ".join(x for x in (
+        f"missing {missing[:3]}" if missing else "",
+        f"unexpected {unexpected[:3]}" if unexpected else "",
+        f"shape mismatch {wrong[:2]}" if wrong else "") if x) or "torch refused the state dict"
+    raise CheckpointError(f"weights in '{source}' do not fit the {what}: {detail}; "
+                          "check the model name, num_classes and in_channels")
 
 
 def student_state(ckpt: Dict[str, Any]) -> Dict[str, torch.Tensor]:

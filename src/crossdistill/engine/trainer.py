@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
+import random
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,19 +19,35 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
+from pydantic import ValidationError
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from ..build import Run
 from ..distiller import MAIN
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
-from .checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint
+from .checkpoint import (
+    FORMAT,
+    VERSION,
+    atomic_save,
+    atomic_write_text,
+    load_checkpoint,
+    remove_stale_temps,
+)
 from .logging import MetricLog
 from .schedule import lr_factor
 
 CHECKPOINT = "checkpoint.pt"
 STUDENT = "student.pt"
 SUMMARY = "summary.json"
+LOG = "metrics.jsonl"
+
+#: Config keys a resumed run may change: they do not touch the weights or the metrics.
+RESUME_MAY_CHANGE = ("output_dir", "data.num_workers", "train.progress", "train.log_every",
+                     "train.checkpoint_every", "train.checkpoint_every_steps", "train.nonfinite", "train.device",
+                     "train.threads", "train.deterministic")
+#: ``train.nonfinite=skip`` gives up after this many non-finite steps in a row (the weights are gone).
+MAX_CONSECUTIVE_SKIPS = 100
 
 
 # -- device / precision -------------------------------------------------------------------------
@@ -116,6 +133,62 @@ class Position:
     global_step: int = 0
 
 
+def rng_state() -> Dict[str, Any]:
+    """Every global RNG a step may draw from, as tensors and plain values (weights_only-loadable)."""
+    np_state = None
+    try:
+        import numpy as np
+
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        np_state = {"name": name, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                    "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    except ImportError:
+        pass
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python": random.getstate(), "numpy": np_state}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("python") is not None:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if state.get("numpy") is not None:
+        import numpy as np
+
+        n = state["numpy"]
+        np.random.set_state((n["name"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+def flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+    """``{"a": {"b": [1]}}`` → ``{"a.b.0": 1}``; an empty dict or list is a leaf."""
+    if isinstance(d, dict) and d:
+        out: Dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(d, list) and d:
+        out = {}
+        for i, v in enumerate(d):
+            out.update(flatten(v, f"{prefix}{i}."))
+        return out
+    return {prefix[:-1]: d}
+
+
 class Trainer:
     def __init__(self, run: Run, output_dir: Optional[str] = None, resume: bool = False):
         self.run, self.cfg = run, run.cfg
@@ -139,60 +212,118 @@ class Trainer:
         self.pos = Position()
         self.history: List[Dict[str, Any]] = []
         self.skipped = 0
-        self._prepare_output(resume)
-        self.log = MetricLog(self.out, enabled=self.is_main)
+        self.skipped_in_a_row = 0
+        self.saved_any = False
+        # every check that can fail comes before anything is written to output_dir
+        self._check_output(resume)
+        self._resume_state = self._load_resume() if resume else None
+        self._prepare_output()
+        if self._resume_state is not None:
+            self.saved_any = True
+        # TensorBoard hides events from the first step this process will (re)write
+        start = int(self._resume_state["position"]["global_step"]) + 1 if self._resume_state else 0
+        self.log = MetricLog(self.out, enabled=self.is_main, purge_step=start)
         self.sampler = EpochSampler(len(run.train_set), self.cfg.seed, True, self.rank, self.world)
+        # the loaders draw their worker base seed from their own generator, never from the global RNG
+        # (a fresh iterator per epoch, or after a resume, must not shift the global random stream)
+        self._loader_gen = torch.Generator()
         self.train_loader = DataLoader(run.train_set, batch_size=self.cfg.data.batch_size, sampler=self.sampler,
                                        num_workers=self.cfg.data.num_workers, drop_last=False,
-                                       persistent_workers=False, pin_memory=self.device.type == "cuda")
+                                       persistent_workers=False, pin_memory=self.device.type == "cuda",
+                                       generator=self._loader_gen)
         eval_sampler = EpochSampler(len(run.eval_set), self.cfg.seed, False, self.rank, self.world)
         self.eval_loader = DataLoader(run.eval_set, batch_size=self.cfg.data.eval_batch_size or self.cfg.data.batch_size,
-                                      sampler=eval_sampler, num_workers=self.cfg.data.num_workers)
+                                      sampler=eval_sampler, num_workers=self.cfg.data.num_workers,
+                                      generator=torch.Generator().manual_seed(self.cfg.seed))
         self.optimizer = self._optimizer(self.phases[0][0])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self._resume_state = self._load_resume() if resume else None
 
     # -- output folder / resume ----------------------------------------------------------------
-    def _prepare_output(self, resume: bool) -> None:
-        ckpt = self.out / CHECKPOINT
+    def _check_output(self, resume: bool) -> None:
+        if self.is_main and not resume:
+            held = [n for n in (CHECKPOINT, STUDENT, SUMMARY) if (self.out / n).exists()]
+            if held:
+                raise ConfigError(f"'{self.out}' already holds a run ({held[0]}); pass --resume to continue it, "
+                                  "or choose another output_dir=... (nothing was overwritten)")
+
+    def _prepare_output(self) -> None:
         if not self.is_main:
             return
-        if ckpt.exists() and not resume:
-            raise ConfigError(f"'{self.out}' already holds a run ({CHECKPOINT}); pass --resume to continue it, "
-                              "or choose another output_dir=... (nothing was overwritten)")
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             probe = self.out / ".write-test"
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
-            raise ConfigError(f"output_dir '{self.out}' is not writable ({e.strerror}); choose another output_dir=...") from None
+            raise ConfigError(f"output_dir '{self.out}' is not writable ({e.strerror or e}); "
+                              "choose another output_dir=...") from None
+        # a save killed half-way leaves a temporary file; it is never read, and goes now
+        for name in (CHECKPOINT, STUDENT, SUMMARY, LOG):
+            remove_stale_temps(self.out / name)
 
     def _load_resume(self) -> Optional[Dict[str, Any]]:
         path = self.out / CHECKPOINT
         if not path.exists():
-            return None
+            done = [n for n in (STUDENT, SUMMARY) if (self.out / n).exists()]
+            if done:
+                raise CheckpointError(f"'{self.out}' holds {done[0]} but no {CHECKPOINT} to resume from; "
+                                      "choose another output_dir=... for a new run (nothing was overwritten)")
+            return None  # killed before its first checkpoint: start again from the beginning
         ckpt = load_checkpoint(path)
         if ckpt.get("kind") != "train":
             raise CheckpointError(f"'{path}' is an exported student, not a training checkpoint; it cannot be resumed")
+        self._check_same_config(ckpt, path)
+        saved_world = int(ckpt.get("world", 1))
+        if saved_world != self.world:
+            raise CheckpointError(f"'{path}' was written by a run on {saved_world} process(es), this one has "
+                                  f"{self.world}; resume with the same number of processes")
         return ckpt
 
+    def _check_same_config(self, ckpt: Dict[str, Any], path: Path) -> None:
+        """Resuming under another config would silently mix two runs: refuse, naming the keys."""
+        saved = ckpt.get("config") or {}
+        try:  # keys added to the schema since the checkpoint was written compare at their defaults
+            saved = type(self.cfg).model_validate(saved).model_dump(mode="json")
+        except ValidationError:
+            pass
+        old = flatten(saved)
+        new = flatten(self.cfg.model_dump(mode="json"))
+        may = RESUME_MAY_CHANGE
+
+        def free(key: str) -> bool:
+            return any(key == m or key.startswith(m + ".") for m in may)
+
+        diff = [k for k in sorted(set(old) | set(new)) if not free(k) and old.get(k, "<unset>") != new.get(k, "<unset>")]
+        if diff:
+            k = diff[0]
+            more = f" (and {len(diff) - 1} more key(s))" if len(diff) > 1 else ""
+            raise CheckpointError(f"'{path}' was written by another config: {k} is {old.get(k, '<unset>')!r} there "
+                                  f"but {new.get(k, '<unset>')!r} now{more}; resume with the config that wrote it, "
+                                  "or start a new run with another output_dir=...")
+
     def _restore(self, ckpt: Dict[str, Any]) -> None:
-        self.distiller.load_state_dict(ckpt["distiller"])
-        p = ckpt["position"]
-        self.pos = Position(**p)
-        self.optimizer = self._optimizer(self.phases[self.pos.phase][0])
+        where = self.out / CHECKPOINT
         try:
+            self.distiller.load_state_dict(ckpt["distiller"])
+            self.pos = Position(**ckpt["position"])
+            self.optimizer = self._optimizer(self.phases[self.pos.phase][0])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scaler.load_state_dict(ckpt["scaler"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(f"optimiser state in '{self.out / CHECKPOINT}' does not fit this config ({e}); "
+            set_rng_state(ckpt["rng"])
+        except CheckpointError:
+            raise
+        except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as e:
+            msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"the training state in '{where}' does not fit this config ({msg}); "
                                   "resume with the config that wrote it") from None
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         self.history = list(ckpt.get("history", []))
         self.skipped = int(ckpt.get("skipped", 0))
+        self.skipped_in_a_row = int(ckpt.get("skipped_in_a_row", 0))
+        threads = ckpt.get("threads")
+        if threads and threads != torch.get_num_threads() and self.is_main:
+            print(f"note: this run was saved with {threads} intra-op thread(s) and resumes with "
+                  f"{torch.get_num_threads()}; the result may differ in the last bits (set train.threads)",
+                  file=sys.stderr)
         self.log.truncate_after(self.pos.global_step)
 
     def _checkpoint(self) -> None:
@@ -204,13 +335,16 @@ class Trainer:
                 "distiller": self.distiller.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                "rng": rng_state(),
                 "position": vars(self.pos).copy(),
                 "history": self.history,
                 "skipped": self.skipped,
+                "skipped_in_a_row": self.skipped_in_a_row,
+                "world": self.world,
+                "threads": torch.get_num_threads(),
             }
             atomic_save(state, self.out / CHECKPOINT)
+        self.saved_any = True
         if self.world > 1:
             dist.barrier()
 
@@ -239,10 +373,33 @@ class Trainer:
     def _module(self):
         return self._ddp if self.world > 1 else self.distiller
 
+    def _finished(self) -> bool:
+        phase, epoch = self.pos.phase, self.pos.epoch
+        while phase < len(self.phases) and epoch >= self.phases[phase][1]:
+            phase, epoch = phase + 1, 0
+        return phase >= len(self.phases)
+
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
+        threads_before = torch.get_num_threads()
+        if self.tc.threads:
+            torch.set_num_threads(self.tc.threads)
+        try:
+            return self._fit()
+        finally:
+            torch.set_num_threads(threads_before)
+
+    def _fit(self) -> Dict[str, Any]:
         if self._resume_state is not None:
             self._restore(self._resume_state)
+            self._resume_state = None
+            done = self._finished_summary()
+            if done is not None:  # resuming a finished run changes nothing
+                self.log.close()
+                return done
+        else:
+            seed_everything(self.cfg.seed)
+            self.log.truncate_after(-1)  # a run that never saved a checkpoint starts its log afresh
         if self.world > 1:
             self._ddp = torch.nn.parallel.DistributedDataParallel(
                 self.distiller, broadcast_buffers=False, find_unused_parameters=True,
@@ -269,6 +426,16 @@ class Trainer:
             self.log.close()
         return summary
 
+    def _finished_summary(self) -> Optional[Dict[str, Any]]:
+        """The summary of a run that had already finished (its student and summary are written)."""
+        if not self._finished() or not (self.out / STUDENT).is_file():
+            return None
+        try:
+            summary = json.loads((self.out / SUMMARY).read_text())
+        except (OSError, ValueError):
+            return None  # killed while finishing: finish again
+        return summary if isinstance(summary, dict) and "last" in summary else None
+
     def _train_epoch(self, phase: str, epochs: int) -> None:
         self.distiller.train()
         if phase == MAIN:
@@ -276,6 +443,7 @@ class Trainer:
         set_data_epoch(self.run.train_set, self.pos.epoch)
         bs = self.cfg.data.batch_size
         self.sampler.set_epoch(self.pos.epoch, start=self.pos.step * bs)
+        self._loader_gen.manual_seed(self.cfg.seed * 100_003 + self.pos.epoch)
         n_batches = math.ceil(math.ceil(self.sampler.n / self.world) / bs)
         if self.tc.max_steps_per_epoch:
             n_batches = min(n_batches, self.tc.max_steps_per_epoch)
@@ -285,38 +453,50 @@ class Trainer:
 
             bar = tqdm(total=n_batches, initial=self.pos.step, desc=f"{phase} {self.pos.epoch + 1}/{epochs}",
                        leave=False, dynamic_ncols=True, disable=None)
-        for batch in self.train_loader:
-            if self.pos.step >= n_batches:
-                break
-            progress = self.pos.epoch + self.pos.step / max(n_batches, 1)
-            lr = self._set_lr(phase, epochs, progress)
-            parts = self._step(to_device(batch, self.device, self.channels_last), phase)
-            self.pos.step += 1
-            self.pos.global_step += 1
+        try:
+            for batch in self.train_loader:
+                if self.pos.step >= n_batches:
+                    break
+                progress = self.pos.epoch + self.pos.step / max(n_batches, 1)
+                lr = self._set_lr(phase, epochs, progress)
+                parts = self._step(to_device(batch, self.device, self.channels_last), phase)
+                self.pos.step += 1
+                self.pos.global_step += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{parts['loss']:.4f}")
+                if self.pos.global_step % self.tc.log_every == 0 or self.pos.step == n_batches:
+                    self.log.write({"step": self.pos.global_step, "epoch": progress, "phase": phase, "lr": lr, **parts},
+                                   "train")
+                every = self.tc.checkpoint_every_steps
+                if every and self.pos.global_step % every == 0 and self.pos.step < n_batches:
+                    self._checkpoint()
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{parts['loss']:.4f}")
-            if self.pos.global_step % self.tc.log_every == 0 or self.pos.step == n_batches:
-                self.log.write({"step": self.pos.global_step, "epoch": progress, "phase": phase, "lr": lr, **parts}, "train")
-            every = self.tc.checkpoint_every_steps
-            if every and self.pos.global_step % every == 0 and self.pos.step < n_batches:
-                self._checkpoint()
-        if bar is not None:
-            bar.close()
+                bar.close()
 
     def _step(self, batch: Dict[str, Any], phase: str) -> Dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             loss, parts = self._module()(batch)
         if not torch.isfinite(loss):
-            bad = [k for k, v in parts.items() if not torch.isfinite(v)] or ["total"]
+            bad = [k for k, v in parts.items() if not torch.isfinite(v).all()] or ["total"]
+            value = float(parts[bad[0]]) if bad[0] in parts else float(loss)
+            step = self.pos.global_step + 1
+            kept = f"the last good checkpoint is kept in '{self.out / CHECKPOINT}'" if self.saved_any else \
+                "no checkpoint had been written yet"
             if self.tc.nonfinite == "stop":
                 raise NonFiniteLossError(
-                    f"loss part '{bad[0]}' became {float(parts.get(bad[0], loss))} at step {self.pos.global_step + 1} "
-                    f"(phase {phase}, epoch {self.pos.epoch + 1}); the last good checkpoint is kept in '{self.out}'; "
-                    "lower the learning rate or the term's weight, or set train.nonfinite=skip")
+                    f"loss part '{bad[0]}' became {value} at step {step} (phase {phase}, epoch {self.pos.epoch + 1}); "
+                    f"{kept}; lower the learning rate or the term's weight, or set train.nonfinite=skip")
             self.skipped += 1
+            self.skipped_in_a_row += 1
+            if self.skipped_in_a_row >= MAX_CONSECUTIVE_SKIPS:
+                raise NonFiniteLossError(
+                    f"loss part '{bad[0]}' was non-finite for {self.skipped_in_a_row} steps in a row (last: step {step}); "
+                    f"the weights themselves are probably NaN, skipping cannot recover; {kept}; lower the learning rate")
             return {"loss": float("nan"), "skipped": float(self.skipped)}
+        self.skipped_in_a_row = 0
         self.scaler.scale(loss).backward()
         if self.tc.grad_clip:
             self.scaler.unscale_(self.optimizer)
@@ -355,10 +535,9 @@ class Trainer:
                    "best": best, "last": last, "skipped_steps": self.skipped,
                    "student": str(self.out / STUDENT)}
         if self.is_main:
+            # student first, summary last: a summary.json means the run is complete
             export_student(self.out / STUDENT, self.distiller.student, self.run.model_spec, last)
-            tmp = self.out / (SUMMARY + ".tmp")
-            tmp.write_text(json.dumps(summary, indent=2))
-            os.replace(tmp, self.out / SUMMARY)
+            atomic_write_text(json.dumps(summary, indent=2), self.out / SUMMARY)
         return summary
 
 

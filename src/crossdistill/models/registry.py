@@ -20,7 +20,16 @@ register_model = MODELS.register
 
 
 def create_model(name: str, num_classes: int = 100, in_channels: int = 3, **kwargs) -> nn.Module:
-    return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    factory = MODELS.get(name)
+    try:
+        return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    except (TypeError, ValueError) as e:
+        # an unknown or ill-typed option (e.g. ``options: {widht: 2}``) is the user's, not a crash
+        from ..errors import ConfigError
+
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"model '{name}' cannot be built with options {kwargs or '{}'} ({msg}); "
+                          "check the option names and values in the model's docstring") from None
 
 
 def list_models() -> list[str]:

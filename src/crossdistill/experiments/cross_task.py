@@ -19,7 +19,7 @@ OTHER_TASK = {"depth": "segmentation", "segmentation": "depth", "translation": "
 PRIMARY = {"depth": ("delta1", True), "segmentation": ("miou", True), "translation": ("psnr", True)}
 
 SCALES: Dict[str, Dict[str, Any]] = {
-    "quick": dict(image_size=32, train_size=384, test_size=128, epochs=3, teacher_epochs=4,
+    "quick": dict(image_size=32, train_size=512, test_size=128, epochs=6, teacher_epochs=8,
                   student="dense_resnet_xs", teacher="dense_resnet_s", batch_size=32, seeds=(0, 1, 2)),
     "full": dict(image_size=48, train_size=1500, test_size=400, epochs=8, teacher_epochs=10,
                  student="dense_resnet_xs", teacher="dense_resnet_s", batch_size=32, seeds=(0, 1, 2)),

@@ -87,6 +87,8 @@ class TrainConfig(Strict):
     epochs: int = Field(240, ge=0)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    # learning rate of a method-declared extra phase, by phase name (e.g. {init: 0.01}); default optimizer.lr
+    phase_lr: Dict[str, float] = Field(default_factory=dict)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: Optional[bool] = None  # None = the measured default for the device

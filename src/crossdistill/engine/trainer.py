@@ -67,7 +67,7 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def pick_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
-    """None = fp32. ``auto``: bf16 where the hardware has it fast (measured: benchmarks/amp.py)."""
+    """None = fp32. ``auto``: bf16 where the hardware has it fast (measured: `crossdistill bench amp`)."""
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -359,8 +359,10 @@ class Trainer:
         return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
 
     def _set_lr(self, phase: str, epochs: int, progress: float) -> float:
-        factor = lr_factor(self.tc.schedule, progress, epochs) if phase == MAIN else 1.0
-        lr = self.tc.optimizer.lr * factor
+        if phase == MAIN:
+            lr = self.tc.optimizer.lr * lr_factor(self.tc.schedule, progress, epochs)
+        else:  # extra phases run at a constant rate
+            lr = self.tc.phase_lr.get(phase, self.tc.optimizer.lr)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         return lr

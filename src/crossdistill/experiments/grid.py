@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Sequence
 import torch
 
 from ..config import deep_merge, parse_config
+from ..errors import NonFiniteLossError
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Result:
     metric: str
     values: List[float] = field(default_factory=list)
     seconds: float = 0.0
+    diverged: int = 0
 
     @property
     def mean(self) -> float:
@@ -75,7 +77,12 @@ def run_grid(cells: Sequence[Cell], out: Path, log: Callable[[str], None] = prin
         for seed in cell.seeds:
             raw = deep_merge(cell.config, {"seed": seed})
             folder = out / "runs" / _slug(f"{cell.row}__{cell.col}__s{seed}")
-            summary = train_config(raw, folder, log)
+            try:
+                summary = train_config(raw, folder, log)
+            except NonFiniteLossError as e:  # a diverged run is a result too: reported, not hidden
+                log(f"  {folder.name}: diverged ({e})")
+                res.diverged += 1
+                continue
             metric = cell.metric or summary["primary_metric"]
             res.metric = metric
             res.values.append(float(summary["last"][metric]))
@@ -96,16 +103,19 @@ def write_tables(results: Sequence[Result], out: Path, title: str, scale: float 
     by = {(r.row, r.col): r for r in results}
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["row", "column", "metric", "n_seeds", "mean", "std", "values", "seconds"])
+        w.writerow(["row", "column", "metric", "n_seeds", "mean", "std", "values", "diverged", "seconds"])
         for r in results:
             w.writerow([r.row, r.col, r.metric, len(r.values), f"{r.mean:.6f}", f"{r.std:.6f}",
-                        " ".join(f"{v:.6f}" for v in r.values), f"{r.seconds:.1f}"])
+                        " ".join(f"{v:.6f}" for v in r.values), r.diverged, f"{r.seconds:.1f}"])
     lines = [f"### {title}", "", "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for row in rows:
         cells = []
         for col in cols:
             r = by.get((row, col))
-            cells.append(f"{r.mean * scale:.2f} ± {r.std * scale:.2f}{unit}" if r and r.values else "–")
+            text = f"{r.mean * scale:.2f} ± {r.std * scale:.2f}{unit}" if r and r.values else "–"
+            if r and r.diverged:
+                text += f" ({r.diverged} diverged)"
+            cells.append(text)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     metrics = sorted({r.metric for r in results})
     n = max((len(r.values) for r in results), default=0)

@@ -40,7 +40,8 @@ def _base(s: Dict[str, Any], model: str, epochs: int) -> Dict[str, Any]:
                  "options": {"subset": s["subset"], "pad_to": 32}},
         "student": {"name": model},
         "train": {"epochs": epochs, "optimizer": {"name": "sgd", "lr": 0.05, "weight_decay": 5e-4},
-                  "schedule": {"name": "cosine"}, "progress": False},
+                  "schedule": {"name": "cosine"}, "progress": False,
+                  "phase_lr": {"init": 0.01}},  # AB/FT/FSP init phase at a lower rate, as RepDistiller
     }
 
 

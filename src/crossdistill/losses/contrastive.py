@@ -61,13 +61,18 @@ def crd_nce_loss(P: Tensor, n_data: int, eps: float = 1e-7) -> Tensor:
 
 
 def _nce_from_log_probs(log_p: Tensor, n_data: int, eps: float) -> Tensor:
-    """:func:`crd_nce_loss` with ``log P`` as input: ``log(P/(P+c)) = log P − logaddexp(log P, log c)``."""
+    """:func:`crd_nce_loss` with ``log P`` as input, with ``x = log P − log c`` and ``c = K·P_n + ε``:
+    ``log(P/(P+c)) = x − softplus(x)`` and ``log(K·P_n/(P+c)) = log(K·P_n/c) − softplus(x)``.
+
+    The constant ``log(K·P_n/c)`` is formed in double precision and ``softplus`` is accurate for very
+    negative ``x``: subtracting two float32 numbers near ``log c`` per negative instead would cost
+    ~1e-4 relative at K = 16384.
+    """
     k = _check_scores("crd_loss_from_logits", log_p)
     noise = k / float(n_data)
-    log_c = torch.full_like(log_p, math.log(noise + eps))
-    log_denominator = torch.logaddexp(log_p, log_c)
-    log_d1 = log_p[:, 0] - log_denominator[:, 0]
-    log_d0 = math.log(noise) - log_denominator[:, 1:]
+    x = log_p - math.log(noise + eps)
+    log_d1 = x[:, 0] - F.softplus(x[:, 0])
+    log_d0 = (math.log(noise) - math.log(noise + eps)) - F.softplus(x[:, 1:])
     return -(log_d1.sum() + log_d0.sum()) / log_p.shape[0]
 
 

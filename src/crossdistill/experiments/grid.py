@@ -95,12 +95,17 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in s)
 
 
-def write_tables(results: Sequence[Result], out: Path, title: str, scale: float = 1.0, unit: str = "") -> str:
-    """Markdown + CSV tables (rows × columns, mean ± std over seeds). Returns the Markdown."""
+def write_tables(results: Sequence[Result], out: Path, title: str, scale: float = 1.0, unit: str = "",
+                 transpose: bool = False) -> str:
+    """Markdown + CSV tables (rows × columns, mean ± std over seeds; ``transpose`` swaps them in the
+    Markdown, for grids with many columns). Returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
     rows = list(dict.fromkeys(r.row for r in results))
     cols = list(dict.fromkeys(r.col for r in results))
     by = {(r.row, r.col): r for r in results}
+    if transpose:
+        rows, cols = cols, rows
+        by = {(c, r): v for (r, c), v in by.items()}
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["row", "column", "metric", "n_seeds", "mean", "std", "values", "diverged", "seconds"])

@@ -73,7 +73,7 @@ def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print) -> str:
         cells.append(Cell(row, name, cfg, "acc", True, seeds))
     results = run_grid(cells, out, log)
     title = f"Distiller zoo on Fashion-MNIST ({'quick' if quick else 'full'} scale: {s['subset']} training images, {s['epochs']} epochs)"
-    md = write_tables(results, out, title, scale=100.0)
+    md = write_tables(results, out, title, scale=100.0, transpose=True)
     t_acc = json.loads((teacher_dir / "summary.json").read_text())["last"]["acc"] * 100
     md += (f"\nTop-1 test accuracy (%) on the first {min(s['subset'], 10000)} Fashion-MNIST test images. Teacher {TEACHER}: {t_acc:.2f} %. "
            f"AB/FT/FSP init phase {s['init_epochs']} epoch(s); CRD nce_k={s['nce_k']}.\n")

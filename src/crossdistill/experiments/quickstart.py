@@ -9,8 +9,8 @@ from ..config import deep_merge
 from .grid import Cell, plot_results, run_grid, train_config, write_tables
 
 SCALES: Dict[str, Dict[str, Any]] = {
-    "quick": dict(train_size=1000, test_size=500, epochs=3, teacher_epochs=4, seeds=(0, 1, 2)),
-    "full": dict(train_size=4000, test_size=1000, epochs=8, teacher_epochs=10, seeds=(0, 1, 2)),
+    "quick": dict(train_size=2000, test_size=500, epochs=4, teacher_epochs=6, seeds=(0, 1, 2)),
+    "full": dict(train_size=5000, test_size=1000, epochs=10, teacher_epochs=12, seeds=(0, 1, 2)),
 }
 
 

@@ -14,8 +14,8 @@ from typing import Any, Dict
 from ..config import deep_merge
 from .grid import Cell, plot_results, run_grid, train_config, write_tables
 
-SCALES = {"quick": dict(train_size=1500, test_size=500, epochs=3, teacher_epochs=4, seeds=(0, 1, 2)),
-          "full": dict(train_size=4000, test_size=1000, epochs=6, teacher_epochs=8, seeds=(0, 1, 2))}
+SCALES = {"quick": dict(train_size=4000, test_size=1000, epochs=4, teacher_epochs=6, seeds=(0, 1, 2)),
+          "full": dict(train_size=5000, test_size=1000, epochs=10, teacher_epochs=12, seeds=(0, 1, 2))}
 
 TERMS = {
     "KD": {"task_weight": 0.1, "terms": [{"method": "kd", "weight": 0.9, "T": 4}]},

@@ -117,7 +117,8 @@ def write_tables(results: Sequence[Result], out: Path, title: str, scale: float 
         cells = []
         for col in cols:
             r = by.get((row, col))
-            text = f"{r.mean * scale:.2f} ± {r.std * scale:.2f}{unit}" if r and r.values else "–"
+            digits = 3 if r and r.values and abs(r.mean * scale) < 10 else 2
+            text = f"{r.mean * scale:.{digits}f} ± {r.std * scale:.{digits}f}{unit}" if r and r.values else "–"
             if r and r.diverged:
                 text += f" ({r.diverged} diverged)"
             cells.append(text)

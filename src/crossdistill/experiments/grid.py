@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import statistics
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,7 +149,7 @@ def plot_results(results: Sequence[Result], path: Path, title: str, ylabel: str,
         ax.bar(range(len(xs)), means, yerr=stds, capsize=3, color=[f"C{i}" for i in range(len(xs))])
         ax.set_xticks(range(len(xs)))
         ax.set_xticklabels(xs, rotation=30, ha="right", fontsize=8)
-        ax.set_title(row, fontsize=9)
+        ax.set_title(textwrap.fill(row, 34), fontsize=8)
         lo = min(m - s for m, s in zip(means, stds)) if means else 0
         hi = max(m + s for m, s in zip(means, stds)) if means else 1
         pad = (hi - lo) * 0.3 + 1e-6

@@ -67,7 +67,7 @@ class SpectralRegulariser(Method):
         rows = self._rows(s[0])
         if self.kind == "energy":
             return spectral_energy(rows, center=False)
-        if self.solver == "exact" or rows.shape[0] < self.k:
+        if self.solver == "exact" or rows.shape[0] < rows.shape[1]:  # N < d: k follows N, use the N×N Gram
             fn = spectral_tail_energy if self.kind == "tail_energy" else spectral_tail_ratio
             return fn(rows, k_frac=self.k_frac, center=False)
         with torch.no_grad():  # warm-started subspace iteration towards the top-k right singular vectors

@@ -12,7 +12,7 @@ fi
 PY=.venv/bin/python
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v "is ignored" || true
-  "$PY" -c "import torch" || { echo "error: torch could not be installed; install a torch build for your machine into .venv first" >&2; exit 1; }
+  "$PY" -W ignore -c "import torch" || { echo "error: torch could not be installed; install a torch build for your machine into .venv first" >&2; exit 1; }
 fi
 TORCH=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null)
 CONSTRAINT=$(mktemp)

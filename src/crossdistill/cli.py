@@ -64,7 +64,8 @@ def cmd_list(args) -> int:
 
         for name in METHODS.names():
             cls = METHODS.get(name)
-            doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+            # the class's own docstring where it has one (several methods in a file), else the file's
+            doc = (cls.__dict__.get("__doc__") or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
             print(f"{name:14s} {doc[0] if doc else ''}")
     elif what == "models":
         from .models import list_models
@@ -185,6 +186,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CrossDistillError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # output piped into `head` and the like: nothing went wrong
+        sys.stderr.close()
+        return 0
     except OSError as e:  # the environment, not the input: disk full, permissions, a vanished folder
         where = f" ('{e.filename}')" if e.filename else ""
         print(f"error: {e.strerror or e}{where}; check free disk space and permissions (a training run's last "

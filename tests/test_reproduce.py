@@ -26,3 +26,18 @@ def test_reproduce_cross_task_writes_table_csv_and_plot(tmp_path, monkeypatch):
     stamps = [p.stat().st_mtime_ns for p in summaries]
     assert main(["reproduce", "cross-task", "--quick", "--out", str(tmp_path)]) == 0
     assert [p.stat().st_mtime_ns for p in summaries] == stamps
+
+
+def test_a_changed_grid_never_reads_back_runs_of_the_old_config(tmp_path):
+    import pytest
+
+    from crossdistill.errors import ConfigError
+    from crossdistill.experiments.grid import train_config
+
+    raw = {"data": {"name": "shapes", "batch_size": 8, "options": {"num_classes": 3, "image_size": 16,
+                                                                  "train_size": 16, "test_size": 8}},
+           "student": {"name": "resnet8"}, "train": {"epochs": 1, "precision": "fp32"}}
+    first = train_config(raw, tmp_path / "cell", log=lambda *a: None)
+    assert train_config(raw, tmp_path / "cell", log=lambda *a: None) == first
+    with pytest.raises(ConfigError, match="different config"):
+        train_config({**raw, "seed": 5}, tmp_path / "cell", log=lambda *a: None)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Sequence
 import torch
 
 from ..config import deep_merge, parse_config
-from ..errors import NonFiniteLossError
+from ..errors import ConfigError, NonFiniteLossError
 
 
 @dataclass
@@ -56,8 +56,15 @@ def train_config(raw: Dict[str, Any], out_dir: Path, log: Callable[[str], None] 
     from ..engine.trainer import SUMMARY, Trainer
 
     summary_path = out_dir / SUMMARY
+    stamp = out_dir / "grid_config.json"  # what this folder's run was asked to be
+    wanted = json.dumps(raw, sort_keys=True, default=str)
+    if stamp.exists() and stamp.read_text() != wanted:
+        raise ConfigError(f"'{out_dir}' holds a run of a different config (the grid changed since); "
+                          "use another --out folder or delete that one")
     if summary_path.exists():
         return json.loads(summary_path.read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(wanted)
     raw = deep_merge(raw, {"output_dir": str(out_dir)})
     raw.setdefault("train", {})["progress"] = False
     cfg = parse_config(raw)

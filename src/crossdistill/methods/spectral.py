@@ -41,7 +41,7 @@ class SpectralRegulariser(Method):
     default_teacher = ()
 
     def __init__(self, kind: Literal["tail_energy", "tail_ratio", "energy"] = "tail_energy",
-                 k_frac: float = 0.5, max_rows: int = 1024, solver: Literal["subspace", "exact"] = "subspace",
+                 k_frac: float = 0.5, max_rows: int = 512, solver: Literal["subspace", "exact"] = "subspace",
                  iters: int = 1, **sides):
         super().__init__(**sides)
         self.kind, self.k_frac, self.max_rows, self.solver, self.iters = kind, k_frac, max_rows, solver, iters

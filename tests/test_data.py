@@ -19,7 +19,7 @@ from crossdistill.data.transforms import (
     Compose, Normalize, RandomCropPad, RandomHorizontalFlip, RandomResizedCrop,
     build_eval_transform, build_train_transform,
 )
-from crossdistill.data.wrappers import TransformedDataset
+from crossdistill.data.seeded import AugmentedDataset
 from crossdistill.errors import ConfigError, DataError
 
 SMALL_SHAPES = dict(train_size=120, test_size=60)
@@ -239,7 +239,7 @@ def test_indexed_and_transformed_dataset():
     assert torch.equal(s["input"], ds[17]["input"])
     batch = next(iter(DataLoader(idx, batch_size=8, shuffle=False)))
     assert batch["index"].tolist() == list(range(8)) and batch["input"].shape == (8, 3, 32, 32)
-    flipped = TransformedDataset(idx, RandomHorizontalFlip(1.0))
+    flipped = AugmentedDataset(idx, RandomHorizontalFlip(1.0))
     assert torch.equal(flipped[3]["input"], ds[3]["input"].flip(-1)) and int(flipped[3]["index"]) == 3
     assert flipped.labels is ds.labels
 

@@ -1,7 +1,7 @@
 """Dataset wrappers and the small helpers every dataset in this package shares.
 
 - :class:`IndexedDataset` adds the sample's position as ``"index"`` (CRD's memory banks need it).
-- :class:`TransformedDataset` applies a per-sample dict transform (see ``transforms.py``).
+- Per-sample augmentation lives in :class:`crossdistill.data.seeded.AugmentedDataset` (seeded per sample).
 - :class:`InMemoryDataset` holds a whole split as stacked tensors (uint8 images, decoded and
   normalised per sample) — used by the procedural generators and the small real datasets.
 - :func:`check_options` / :func:`check_split`: unknown options and splits are config errors that
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -103,29 +103,6 @@ class IndexedDataset(Dataset):
         sample = dict(self.dataset[index])
         sample["index"] = torch.tensor(int(index), dtype=torch.long)
         return sample
-
-    @property
-    def info(self) -> DatasetInfo:
-        return self.dataset.info  # type: ignore[attr-defined]
-
-    @property
-    def labels(self) -> Tensor:
-        return self.dataset.labels  # type: ignore[attr-defined]
-
-
-class TransformedDataset(Dataset):
-    """Applies ``transform(sample_dict) -> sample_dict`` to every sample."""
-
-    def __init__(self, dataset: Dataset, transform: Optional[Callable[[Sample], Sample]]):
-        self.dataset = dataset
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Sample:
-        sample = self.dataset[index]
-        return self.transform(dict(sample)) if self.transform is not None else sample
 
     @property
     def info(self) -> DatasetInfo:

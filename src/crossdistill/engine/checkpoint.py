@@ -20,7 +20,7 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, BinaryIO, Callable, Dict, List
 
 import torch
 
@@ -47,6 +47,15 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     any moment leaves at most a stale ``.NAME.*.tmp`` beside it (never read; removed on resume by
     :func:`remove_stale_temps`).
     """
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """A small text file (e.g. summary.json) written with the same protocol as :func:`atomic_save`."""
+    return _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +65,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
                               "choose a writable output_dir=...") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
@@ -75,33 +84,6 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
                 "check the output_dir permissions"
             raise CheckpointError(f"could not write '{path}' ({e.strerror or e}); {hint} and resume with --resume "
                                   "(the previous checkpoint is intact)") from None
-        raise
-    return path
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    """A small text file (e.g. summary.json) written with the same protocol as :func:`atomic_save`."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise CheckpointError(f"cannot write to '{path.parent}' ({e.strerror or e}); "
-                              "choose a writable output_dir=...") from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise CheckpointError(f"could not write '{path}' ({e.strerror or e}); free some disk space or check "
-                                  "the output_dir permissions, then resume with --resume") from None
         raise
     return path
 

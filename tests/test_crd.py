@@ -344,3 +344,24 @@ def test_inverted_projector_has_no_student_head():
     assert m.embed_t.linear.weight.shape == (6, 8) and m.memory.bank_s.shape == (10, 6)
     f_s = torch.randn(3, 6)
     torch.testing.assert_close(m.embed(f_s, torch.randn(3, 8))[0], F.normalize(f_s, dim=1))
+
+
+def test_bench_crd_reports_ratio_equality_and_phases(tmp_path):
+    """`crossdistill bench crd` at a toy size: both impls agree, the JSON carries ratio and phases.
+    (No timing is asserted — only that the numbers are there and finite.)"""
+    import json
+    import math
+
+    from crossdistill.bench import run_bench
+
+    out = tmp_path / "crd.json"
+    res = run_bench("crd", ["n=3000", "k=512", "b=8", "dim=16", "classes=10", "steps=2", "warmup=1",
+                            "memory=false", f"out={out}"])["crd"]
+    saved = json.loads(out.read_text())
+    assert saved["speedup"] == pytest.approx(res["speedup"]) and math.isfinite(res["speedup"])
+    eq = res["equality"]
+    assert max(eq["loss_rel_diff_step0"], eq["loss_rel_diff_step1"]) < 1e-5
+    assert max(eq["grad_rel_diff_step0"], eq["grad_rel_diff_step1"]) < 1e-4
+    assert eq["bank_max_abs_diff"] < 1e-6
+    assert set(res["dense_phases_ms"]) >= {"sample indices", "the 4 GEMMs alone", "bank update"}
+    assert all(ms > 0 for ms in res["dense_phases_ms"].values())

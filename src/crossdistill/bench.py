@@ -5,7 +5,9 @@ step — draw the ``[B, K+1]`` contrast indices, score both directions, NCE loss
 embeddings, momentum-update both banks — for the reference-style ``gather`` implementation and the
 ``dense`` one, on the same banks and the same indices, in the same process (interleaved steps,
 median after warm-up, threads left at torch's default). It checks that both give the same loss and
-the same gradient w.r.t. the embeddings, measures peak memory, prints a table and writes JSON to
+the same gradient w.r.t. the embeddings, measures peak memory, times the dense step phase by phase
+and its four GEMMs alone (the arithmetic floor of an exact float32 dense step on this machine, hence
+a bound on the ratio), prints a table and writes JSON to
 ``runs/bench/crd.json`` (``out=PATH`` to change). The networks and embedding heads are left out:
 they are the same for both implementations.
 
@@ -184,6 +186,56 @@ def _time_steps(o: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
     return out
 
 
+class _Lap:
+    """Wall-clock laps on one device: ``lap(name)`` adds the time since the previous lap to ``name``."""
+
+    def __init__(self, dev: torch.device, into: Dict[str, List[float]]):
+        self.dev, self.into = dev, into
+        _sync(dev)
+        self.t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        _sync(self.dev)
+        now = time.perf_counter()
+        self.into.setdefault(name, []).append(1e3 * (now - self.t))
+        self.t = now
+
+
+def _breakdown(o: Dict[str, Any]) -> Dict[str, float]:
+    """Median ms of each phase of the dense step, and of its four GEMMs alone.
+
+    The GEMMs (``[B, D]×[D, n]`` twice for the scores, ``[B, n]×[n, D]`` twice for the gradient)
+    are arithmetic that any exact float32 dense step must do, so ``gather / gemms`` bounds the
+    speed-up reachable on this machine without giving up float32 or the reference's sampling.
+    """
+    from .methods._crd_memory import matmul_nt, nce_terms
+
+    st = _CRDState(o, "dense")
+    mem, dev = st.memory, st.dev
+    laps: Dict[str, List[float]] = {}
+    G = torch.rand(o["b"], o["n"], generator=st.g).to(dev)
+    with torch.no_grad():
+        for step in range(o["warmup"] + o["steps"]):
+            index, v_s, v_t = st.batch(step)
+            into = laps if step >= o["warmup"] else {}
+            lap = _Lap(dev, into)
+            idx = st.sampler.sample(index, o["k"])
+            lap("sample indices")
+            logits = mem._dense_logits(v_s, v_t, idx)
+            lap("scores: 2 GEMMs + 2 gathers")
+            _, g = nce_terms(logits, mem.normalisers(logits, mem.n, True), mem.n, mem.eps)
+            lap("loss and dL/dlogits")
+            mem._dense_grad(g, idx)
+            lap("grad: scatter + 2 GEMMs")
+            mem.update(v_s, v_t, index)
+            lap("bank update")
+            for bank in (mem.bank_t, mem.bank_s):
+                matmul_nt(v_s, bank)
+                matmul_nt(G, bank.T)
+            lap("the 4 GEMMs alone")
+    return {name: statistics.median(ts) for name, ts in laps.items()}
+
+
 # ------------------------------------------------------------------------------ memory
 
 def _peak_worker(o: Dict[str, Any], impl: str) -> Dict[str, Any]:
@@ -251,6 +303,7 @@ def bench_crd(opts: Dict[str, Any], quick: bool = False, print_fn: Callable[[str
              f"({torch.get_num_threads()} threads), {o['warmup']} warm-up + {o['steps']} timed steps per impl")
     check = _check_equal(o)
     timing = _time_steps(o)
+    phases = _breakdown(o)
     memory = {impl: _measure_memory(o, impl) for impl in IMPLS} if o["memory"] else {}
     g, d = timing["gather"]["ms_median"], timing["dense"]["ms_median"]
     result = {
@@ -259,6 +312,7 @@ def bench_crd(opts: Dict[str, Any], quick: bool = False, print_fn: Callable[[str
                     "torch": torch.__version__, "threads": torch.get_num_threads(), "device": o["device"],
                     "cpu_count": os.cpu_count(), "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "ms_per_step": {"gather": g, "dense": d}, "timing": timing, "speedup": g / d,
+        "dense_phases_ms": phases, "speedup_bound_at_gemm_floor": g / phases["the 4 GEMMs alone"],
         "equality": check, "peak_memory": memory,
     }
     loss_diff = max(check["loss_rel_diff_step0"], check["loss_rel_diff_step1"])
@@ -274,6 +328,11 @@ def bench_crd(opts: Dict[str, Any], quick: bool = False, print_fn: Callable[[str
              f"{timing['sampling']['ms_median']:.1f} ms, shared by both)")
     print_fn(f"max relative difference dense vs gather: loss {loss_diff:.2e}, grad wrt embeddings {grad_diff:.2e}, "
              f"Z {check['z_rel_diff']:.2e}; banks after update max |diff| {check['bank_max_abs_diff']:.2e}")
+    floor = phases["the 4 GEMMs alone"]
+    print_fn("dense step by phase (median ms): " +
+             ", ".join(f"{name} {ms:.1f}" for name, ms in phases.items() if name != "the 4 GEMMs alone"))
+    print_fn(f"its four GEMMs alone take {floor:.1f} ms: no exact float32 dense step beats "
+             f"{g / floor:.1f}x over gather on this machine")
     err = {impl: (max(check[f"{impl}_loss_rel_err_vs_float64_step{s}"] for s in (0, 1)),
                   max(check[f"{impl}_grad_rel_err_vs_float64_step{s}"] for s in (0, 1))) for impl in IMPLS}
     print_fn("error vs a float64 evaluation (loss, grad): " +

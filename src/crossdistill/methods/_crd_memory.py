@@ -410,11 +410,15 @@ class ContrastMemory(_Normalisers):
         with torch.no_grad():
             logits = self._dense_logits(v_s.detach(), v_t.detach(), idx)
             value, g = nce_terms(logits, self.normalisers(logits, self.n, train), self.n, self.eps)
-            # ∂L/∂v[b] = Σ_k ∂L/∂logit[b,k] · row[idx[b,k]] / T: one scatter (repeats add up) + one GEMM per side
-            G = torch.zeros((2, idx.shape[0], self.n), device=idx.device).scatter_add_(2, idx.expand_as(g), g)
-            grad_s = matmul_nt(G[0], self.bank_t.T).div_(self.T)
-            grad_t = matmul_nt(G[1], self.bank_s.T).div_(self.T)
+            grad_s, grad_t = self._dense_grad(g, idx)
         return _PrecomputedGrad.apply(value, v_s, v_t, grad_s, grad_t)
+
+    @torch.no_grad()
+    def _dense_grad(self, g: Tensor, idx: Tensor) -> Tuple[Tensor, Tensor]:
+        """``∂L/∂v_s, ∂L/∂v_t`` from ``g = ∂L/∂logits [2, B, K+1]``: ``∂L/∂v[b] = Σ_k g[b,k]·row[idx[b,k]]/T``
+        as one scatter into ``[2, B, n]`` (repeated indices add up) and one GEMM per side."""
+        G = torch.zeros((2, idx.shape[0], self.n), device=idx.device).scatter_add_(2, idx.expand_as(g), g)
+        return matmul_nt(G[0], self.bank_t.T).div_(self.T), matmul_nt(G[1], self.bank_s.T).div_(self.T)
 
     @torch.no_grad()
     def update(self, v_s: Tensor, v_t: Tensor, index: Tensor) -> None:

@@ -55,6 +55,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 opt.step()
             torch.save({"initial": initial, "final": term.memory.state_dict()},
                        os.path.join(out_dir, f"{memory}_rank{rank}.pt"))
+        dist.barrier()  # leave together: gloo can abort a rank whose peer tears down first
     finally:
         dist.destroy_process_group()
 

@@ -40,6 +40,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         grad = student.layer1[0].weight.grad.clone()
         torch.save({"parts": {k: v.item() for k, v in parts.items()}, "grad": grad,
                     "paths": d._s_paths}, f"{out}/rank{rank}.pt")
+        dist.barrier()  # leave together: gloo can abort a rank whose peer tears down first
     finally:
         dist.destroy_process_group()
 

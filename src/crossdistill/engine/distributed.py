@@ -20,6 +20,7 @@ def distributed():
     dist.init_process_group(backend)
     try:
         yield
+        dist.barrier()  # leave together: a gloo peer torn down mid-operation can abort the other rank
     finally:
         dist.destroy_process_group()
 

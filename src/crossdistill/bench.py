@@ -158,34 +158,6 @@ def _check_equal(o: Dict[str, Any]) -> Dict[str, float]:
     return out
 
 
-def _time_steps(o: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
-    states = {impl: _CRDState(o, impl) for impl in IMPLS}
-    times: Dict[str, List[float]] = {impl: [] for impl in IMPLS}
-    sample_times: List[float] = []
-    dev = torch.device(o["device"])
-    for step in range(o["warmup"] + o["steps"]):
-        for impl in (IMPLS if step % 2 == 0 else IMPLS[::-1]):  # interleaved: drifting load hits both
-            st = states[impl]
-            index, v_s, v_t = st.batch(step)
-            _sync(dev)
-            t0 = time.perf_counter()
-            st.step(index, v_s, v_t)
-            _sync(dev)
-            if step >= o["warmup"]:
-                times[impl].append(time.perf_counter() - t0)
-        index = states["dense"].batch(step)[0]
-        _sync(dev)
-        t0 = time.perf_counter()
-        states["dense"].sampler.sample(index, o["k"])
-        _sync(dev)
-        if step >= o["warmup"]:
-            sample_times.append(time.perf_counter() - t0)
-    out = {impl: {"ms_median": 1e3 * statistics.median(ts), "ms_min": 1e3 * min(ts), "ms_max": 1e3 * max(ts)}
-           for impl, ts in times.items()}
-    out["sampling"] = {"ms_median": 1e3 * statistics.median(sample_times)}
-    return out
-
-
 class _Lap:
     """Wall-clock laps on one device: ``lap(name)`` adds the time since the previous lap to ``name``."""
 
@@ -199,6 +171,21 @@ class _Lap:
         now = time.perf_counter()
         self.into.setdefault(name, []).append(1e3 * (now - self.t))
         self.t = now
+
+
+def _time_steps(o: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
+    """Median, min and max ms per step of each implementation, interleaved step by step."""
+    states = {impl: _CRDState(o, impl) for impl in IMPLS}
+    laps: Dict[str, List[float]] = {}
+    dev = torch.device(o["device"])
+    for step in range(o["warmup"] + o["steps"]):
+        for impl in (IMPLS if step % 2 == 0 else IMPLS[::-1]):  # interleaved: drifting load hits both
+            index, v_s, v_t = states[impl].batch(step)
+            lap = _Lap(dev, laps if step >= o["warmup"] else {})
+            states[impl].step(index, v_s, v_t)
+            lap(impl)
+    return {impl: {"ms_median": statistics.median(ts), "ms_min": min(ts), "ms_max": max(ts)}
+            for impl, ts in laps.items()}
 
 
 def _breakdown(o: Dict[str, Any]) -> Dict[str, float]:
@@ -325,7 +312,7 @@ def bench_crd(opts: Dict[str, Any], quick: bool = False, print_fn: Callable[[str
     for r in rows:
         print_fn("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     print_fn(f"speed-up dense vs gather: {g / d:.1f}x   (of which sampling the indices: "
-             f"{timing['sampling']['ms_median']:.1f} ms, shared by both)")
+             f"{phases['sample indices']:.1f} ms, shared by both)")
     print_fn(f"max relative difference dense vs gather: loss {loss_diff:.2e}, grad wrt embeddings {grad_diff:.2e}, "
              f"Z {check['z_rel_diff']:.2e}; banks after update max |diff| {check['bank_max_abs_diff']:.2e}")
     floor = phases["the 4 GEMMs alone"]

@@ -31,7 +31,8 @@ METHODS: Dict[str, List[Dict[str, Any]]] = {
     "CRD+KD": [{"method": "crd"}, {"method": "kd", "weight": 1.0, "T": 4}],
 }
 TASK_WEIGHT = {"KD": 0.1}
-INIT_PHASE = {"ab", "ft", "fsp"}
+# the init phase's learning rate per method, as RepDistiller: 0.05 for AB and FSP, 0.01 for FT
+INIT_PHASE_LR = {"ab": 0.05, "ft": 0.01, "fsp": 0.05}
 
 
 def _base(s: Dict[str, Any], model: str, epochs: int) -> Dict[str, Any]:
@@ -41,8 +42,7 @@ def _base(s: Dict[str, Any], model: str, epochs: int) -> Dict[str, Any]:
                  "options": {"subset": s["subset"], "pad_to": 32}},
         "student": {"name": model},
         "train": {"epochs": epochs, "optimizer": {"name": "sgd", "lr": 0.05, "weight_decay": 5e-4},
-                  "schedule": {"name": "cosine"}, "progress": False,
-                  "phase_lr": {"init": 0.01}},  # AB/FT/FSP init phase at a lower rate, as RepDistiller
+                  "schedule": {"name": "cosine"}, "progress": False},
     }
 
 
@@ -50,7 +50,7 @@ def _terms(name: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
     terms = []
     for t in METHODS[name]:
         t = dict(t)
-        if t["method"] in INIT_PHASE:
+        if t["method"] in INIT_PHASE_LR:
             t["init_epochs"] = s["init_epochs"]
         if t["method"] == "crd":
             t["nce_k"] = s["nce_k"]
@@ -71,6 +71,9 @@ def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print) -> str:
     for name in METHODS:
         cfg = deep_merge(base, {"teachers": teacher,
                                 "distill": {"task_weight": TASK_WEIGHT.get(name, 1.0), "terms": _terms(name, s)}})
+        phase_lr = {INIT_PHASE_LR[t["method"]] for t in METHODS[name] if t["method"] in INIT_PHASE_LR}
+        if phase_lr:
+            cfg = deep_merge(cfg, {"train": {"phase_lr": {"init": phase_lr.pop()}}})
         cells.append(Cell(row, name, cfg, "acc", True, seeds))
     results = run_grid(cells, out, log)
     title = f"Distiller zoo on Fashion-MNIST ({'quick' if quick else 'full'} scale: {s['subset']} training images, {s['epochs']} epochs)"

@@ -50,14 +50,21 @@ def crd_nce_loss(P: Tensor, n_data: int, eps: float = 1e-7) -> Tensor:
 
     — a *sum* over the K negatives, a mean over the batch, as in the reference. With every ``P = P_n``
     this is ``ln(K+1) + K·ln((K+1)/K) ≈ ln(K+1) + 1``.
+
+    Evaluated as written, each negative's term is the difference of two logarithms ≈ −1.1 whose
+    difference is ≈ 1e-4: in float32 the rounding of ``c = K·P_n + ε`` alone shifts every one of the
+    K terms the same way (~6e-5 relative on the loss at K = 16384). So, with ``c`` in double precision,
+    ``log(P/(P + c)) = −log1p(c/P)`` and ``log(K·P_n/(P + c)) = log(K·P_n/c) − log1p(P/c)``: the
+    constant is formed once in double and ``log1p`` of a small ratio is exact to float32's relative
+    precision — float32 then agrees with float64 to ~1e-7 relative (tested at K = 16384).
     """
     k = _check_scores("crd_nce_loss", P)
     noise = k / float(n_data)
-    p_pos = P[:, 0]
-    p_neg = P[:, 1:]
-    log_d1 = torch.log(p_pos) - torch.log(p_pos + (noise + eps))
-    log_d0 = math.log(noise) - torch.log(p_neg + (noise + eps))
-    return -(log_d1.sum() + log_d0.sum()) / P.shape[0]
+    c = noise + eps  # a Python float: double precision
+    log_d1 = -torch.log1p(c / P[:, 0])
+    log_d0 = torch.log1p(P[:, 1:] / c)
+    b = P.shape[0]
+    return -(log_d1.sum() - log_d0.sum()) / b - k * math.log(noise / c)
 
 
 def _nce_from_log_probs(log_p: Tensor, n_data: int, eps: float) -> Tensor:

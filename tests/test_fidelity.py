@@ -106,3 +106,19 @@ def test_crd_nce_loss_small_hand_case():
     c = 0.5 + 1e-7
     expected = -sum(math.log(p[0] / (p[0] + c)) + sum(math.log(0.5 / (q + c)) for q in p[1:]) for p in P.tolist()) / 2
     assert abs(float(crd_nce_loss(P, n)) - expected) < 1e-12
+
+
+# -- 9.5 the differences table's measurements run, and vanish where the table says they do --------------
+def test_zoo_differences_measurements():
+    from crossdistill.experiments import zoo_differences as z
+
+    spatial = z.spatial_resizing()
+    assert spatial["equal sizes (the shipped pairs)"]["relative difference"] == 0.0
+    assert all(spatial[m]["relative difference"] > 0 for m in ("at", "nst", "vid"))
+    # two momentum steps (0.1 each) against one: the running mean moves 1 − 0.9² = 0.19 against 0.1
+    assert z.ab_wrn_batchnorm()["running-mean step, reference / ours"] == pytest.approx(0.19 / 0.1, rel=1e-5)
+    ft = z.ft_factor()
+    assert ft["gradient norm, reference / ours"] > 1
+    cc = z.cc_formula()
+    assert cc["reference β·L (β = 0.02)"] == pytest.approx(0.02 * cc["reference L"])
+    assert len(z.rows()) == 7

@@ -1,7 +1,7 @@
 """``crossdistill reproduce zoo``: every distiller on real offline data (Fashion-MNIST).
 
 One teacher is trained once; then a small student is distilled with each method over seeds, with
-the RepDistiller weights (``loss = γ·CE + α·KD + β·L``, REFERENCE §3). Small-scale changes, all
+the RepDistiller weights (``loss = γ·CE + α·KD + β·L``, docs/zoo.md). Small-scale changes, all
 listed in the table's note: few epochs, AB/FT/FSP init phases of 1 epoch instead of 30, CRD with
 ``nce_k`` 4096 negatives (the training subset is far smaller than CIFAR's 50 000 images).
 """

@@ -250,3 +250,17 @@ def test_ab_refuses_an_identity_connector_on_post_relu_maps():
                   [build_method("ab", student="@stages", teacher="@stages", connect_equal=True)],
                   example_input=torch.randn(2, 3, 32, 32))
     assert all(not isinstance(c.map, nn.Identity) for c in d.terms[0].connectors)
+
+
+def test_an_old_ab_checkpoint_fails_with_a_clear_error():
+    """Before AB read pre-activations it always had conv-BN connectors; such a state no longer fits."""
+    from crossdistill.errors import CheckpointError
+
+    def make(**kw):
+        torch.manual_seed(0)
+        return Distiller(create_model("resnet8", num_classes=10), create_model("resnet8", num_classes=10),
+                         [build_method("ab", **kw)], example_input=torch.randn(2, 3, 32, 32))
+
+    old = make(student="@stages", teacher="@stages", connect_equal=True).state_dict()
+    with pytest.raises(CheckpointError, match=r"unexpected \['terms.0.connectors.*older crossdistill"):
+        make().load_state_dict(old)

@@ -358,7 +358,8 @@ class Distiller(nn.Module):
                 from .errors import CheckpointError
                 raise CheckpointError(
                     f"checkpoint does not match this distiller: missing {missing[:5]}, unexpected {unexpected[:5]}; "
-                    "was it written by a run with another model or method config?")
+                    "was it written by a run with another model or method config, or by an older crossdistill "
+                    "(AB's connectors changed with issue 9)? Resume with the config and version that wrote it")
         return super().load_state_dict(state_dict, strict=False, assign=assign)
 
     def remove_hooks(self) -> None:

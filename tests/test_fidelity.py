@@ -122,3 +122,28 @@ def test_zoo_differences_measurements():
     cc = z.cc_formula()
     assert cc["reference β·L (β = 0.02)"] == pytest.approx(0.02 * cc["reference L"])
     assert len(z.rows()) == 7
+
+
+def test_zoo_reproduction_configs_carry_each_methods_init_rate(tmp_path, monkeypatch):
+    """The cells `reproduce zoo` builds (no training here): init-phase rate per method, `only` filters."""
+    from crossdistill.experiments import zoo
+
+    captured = {}
+
+    class Stop(Exception):
+        pass
+
+    def grid(cells, out, log):
+        captured["cells"] = cells
+        raise Stop
+
+    monkeypatch.setattr(zoo, "train_config", lambda *a, **k: {})
+    monkeypatch.setattr(zoo, "run_grid", grid)
+    with pytest.raises(Stop):
+        zoo.reproduce_zoo(tmp_path, quick=True, log=lambda *a: None)
+    rates = {c.col: c.config.get("train", {}).get("phase_lr") for c in captured["cells"]}
+    assert rates["AB"] == {"init": 0.05} and rates["FSP"] == {"init": 0.05} and rates["FT"] == {"init": 0.01}
+    assert all(rates[m] is None for m in ("student", "KD", "FitNet", "CRD", "CRD+KD"))
+    with pytest.raises(Stop):
+        zoo.reproduce_zoo(tmp_path, quick=True, log=lambda *a: None, only=["AB", "CRD"])
+    assert [c.col for c in captured["cells"]] == ["student", "AB", "CRD"]

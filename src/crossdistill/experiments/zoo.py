@@ -58,7 +58,9 @@ def _terms(name: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
     return terms
 
 
-def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print) -> str:
+def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print, only=None) -> str:
+    """``only``: the method columns to run (e.g. ``["FitNet", "AB"]``; the student always runs), to
+    refresh some rows of a table; default all."""
     s = SCALES["quick" if quick else "full"]
     seeds = tuple(seeds or s["seeds"])
     teacher_dir = out / "teacher"
@@ -69,6 +71,8 @@ def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print) -> str:
     cells = [Cell(row, "student", base, "acc", True, seeds)]
     teacher = {"default": {"checkpoint": str(teacher_dir / "student.pt")}}
     for name in METHODS:
+        if only is not None and name not in only:
+            continue
         cfg = deep_merge(base, {"teachers": teacher,
                                 "distill": {"task_weight": TASK_WEIGHT.get(name, 1.0), "terms": _terms(name, s)}})
         phase_lr = {INIT_PHASE_LR[t["method"]] for t in METHODS[name] if t["method"] in INIT_PHASE_LR}

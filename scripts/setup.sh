@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install crossdistill into it without ever re-resolving torch:
 # torch==2.13.0 is installed first only when the environment has no torch (on a CPU machine pip
-# finds the local CPU build; see ENVIRONMENT notes in docs/install.md), then the package is
+# finds the local CPU build; see docs/install.md), then the package is
 # installed with the present torch pinned as a constraint.
 set -euo pipefail
 cd "$(dirname "$0")/.."

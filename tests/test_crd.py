@@ -1,7 +1,9 @@
 """CRD: reference semantics (banks, Z, NCE, sampling), the fast path against the reference gather,
 queue mode, state, errors, and a few training steps."""
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,9 +11,10 @@ import torch.nn.functional as F
 from crossdistill.config import parse_config
 from crossdistill.distiller import Distiller
 from crossdistill.errors import ConfigError
-from crossdistill.losses import crd_loss_from_logits, crd_nce_loss
+from crossdistill.losses import crd_loss_from_logits, crd_nce_fused, crd_nce_loss
 from crossdistill.methods import DataSetup, build_method
-from crossdistill.methods._crd_memory import NegativeSampler, crd_nce_fused, last_occurrence, momentum_update
+from crossdistill.methods.crd_memory import last_occurrence, momentum_update
+from crossdistill.methods.crd_sampler import NegativeSampler
 
 from helpers import TinyNet, toy_batch
 
@@ -20,7 +23,9 @@ def _method(n=10, labels=None, d_s=6, d_t=8, **opts):
     """A built CRD term on plain vectors (no networks): features are [B, d]."""
     m = build_method("crd", **opts)
     m.build([torch.zeros(2, d_s)], [torch.zeros(2, d_t)])
-    m.setup(DataSetup(num_samples=n, labels=labels))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # toy sizes: nce_k may exceed the other-class samples
+        m.setup(DataSetup(num_samples=n, labels=labels))
     return m
 
 
@@ -59,8 +64,8 @@ def test_loss_equals_crd_nce_loss_on_naively_gathered_scores(impl):
     m.memory.bank_s.copy_(F.normalize(torch.randn(10, 4, generator=g), dim=1))
     m.memory.bank_t.copy_(F.normalize(torch.randn(10, 4, generator=g), dim=1))
     index = torch.tensor([1, 4, 8])
-    # column 0 = the sample itself, then 3 negatives of other classes (repeats allowed)
-    contrast_idx = torch.tensor([[1, 2, 9, 9], [4, 0, 7, 5], [8, 6, 0, 4]])
+    # column 0 = the sample itself, then 3 negatives of other classes
+    contrast_idx = torch.tensor([[1, 2, 9, 8], [4, 0, 7, 5], [8, 6, 0, 4]])
     f_s, f_t = torch.randn(3, 6, generator=g), torch.randn(3, 8, generator=g)
     expected, Z_s, Z_t = _naive_loss(m, f_s, f_t, contrast_idx)
     m.train()
@@ -70,17 +75,17 @@ def test_loss_equals_crd_nce_loss_on_naively_gathered_scores(impl):
     torch.testing.assert_close(m.memory.Z_t, Z_t, rtol=1e-5, atol=0)
 
 
-def test_forward_samples_then_scores_like_the_reference():
+def test_forward_scores_the_batch_contrast_indices_like_the_reference():
     labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 3, 4])
     m = _method(n=10, labels=labels, nce_k=3, feat_dim=4, nce_t=0.5).train()
     index = torch.tensor([1, 4, 8])
     f_s, f_t = torch.randn(3, 6), torch.randn(3, 8)
-    torch.manual_seed(7)
-    expected_idx = m.sampler.sample(index, 3)
-    expected, _, _ = _naive_loss(m, f_s, f_t, expected_idx)
-    torch.manual_seed(7)
-    loss = m([f_s], [f_t], {"index": index, "label": labels[index]})
+    contrast_idx = m.sampler.sample(index)
+    expected, _, _ = _naive_loss(m, f_s, f_t, contrast_idx)
+    loss = m([f_s], [f_t], {"index": index, "contrast_index": contrast_idx})
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="contrast_index"):
+        m([f_s], [f_t], {"index": index})
 
 
 def test_momentum_update_formula():
@@ -123,7 +128,7 @@ def test_z_fixed_after_first_batch_or_running(z_mode):
     zs = []
     for step in range(3):
         index = torch.arange(4) + 4 * step
-        contrast_idx = m.sampler.sample(index, 8)
+        contrast_idx = m.sampler.sample(index)
         f_s, f_t = torch.randn(4, 6), torch.randn(4, 8)
         if step == 0:
             _, Z_s, _ = _naive_loss(m, f_s, f_t, contrast_idx)
@@ -136,41 +141,107 @@ def test_z_fixed_after_first_batch_or_running(z_mode):
         assert zs[0] != zs[1] != zs[2]
 
 
-def test_negatives_never_share_the_anchor_class_and_cover_the_others():
+def test_negatives_are_distinct_other_class_samples_uniformly():
+    """The reference: ``np.random.choice(cls_negative[target], K, replace=False)`` — K distinct samples,
+    uniform over the other classes."""
     labels = torch.arange(60) % 6
-    s = NegativeSampler()
-    s.set_data(60, labels)
     index = torch.arange(60)
-    idx = s.sample(index, 3000)
-    assert idx.shape == (60, 3001)
-    assert torch.equal(idx[:, 0], index)
-    neg = idx[:, 1:]
-    assert not (labels[neg] == labels[index].unsqueeze(1)).any()
-    # uniform over the 50 other-class samples: every one drawn, none far off 3000/50 = 60 per anchor
-    counts = torch.zeros(60, 60).scatter_add_(1, neg, torch.ones_like(neg, dtype=torch.float))
     other = labels.unsqueeze(0) != labels.unsqueeze(1)
-    assert (counts[other] > 25).all() and (counts[other] < 110).all() and (counts[~other] == 0).all()
+    # K = every other-class sample (50): each row is exactly that set
+    full = NegativeSampler(60, 50, labels).sample(index)
+    assert full.shape == (60, 51) and torch.equal(full[:, 0], index)
+    for b in range(60):
+        assert sorted(full[b, 1:].tolist()) == torch.nonzero(other[b]).flatten().tolist()
+    # K = 20 of 50, many rows: no repeat within a row; each candidate drawn with probability 20/50
+    s = NegativeSampler(60, 20, labels)
+    rng = np.random.default_rng(0)
+    rows = torch.stack([s(0, rng) for _ in range(2000)])[:, 1:]
+    assert all(len(set(r.tolist())) == 20 for r in rows)
+    counts = torch.bincount(rows.flatten(), minlength=60).float()
+    assert counts[~other[0]].sum() == 0
+    expected = 2000 * 20 / 50
+    sd = math.sqrt(2000 * 0.4 * 0.6)
+    assert ((counts[other[0]] - expected).abs() < 5 * sd).all()
+
+
+def test_with_replacement_only_when_k_exceeds_the_other_classes():
+    labels = torch.arange(12) % 3  # 8 other-class samples per anchor
+    assert not NegativeSampler(12, 8, labels).with_replacement
+    rows = NegativeSampler(12, 8, labels).sample(torch.arange(12))
+    assert all(len(set(r[1:].tolist())) == 8 for r in rows)
+    many = NegativeSampler(12, 20, labels)
+    assert many.with_replacement
+    rows = many.sample(torch.arange(12))
+    assert not (labels[rows[:, 1:]] == labels.unsqueeze(1)).any()
+    m = build_method("crd", nce_k=20, feat_dim=4)
+    m.build([torch.zeros(2, 6)], [torch.zeros(2, 8)])
+    with pytest.warns(UserWarning, match="with replacement"):
+        m.setup(DataSetup(num_samples=12, labels=labels))
 
 
 def test_without_labels_negatives_are_all_other_indices():
-    s = NegativeSampler()
-    s.set_data(20, None)
+    s = NegativeSampler(20, 19, None)
     index = torch.arange(20)
-    neg = s.sample(index, 500)[:, 1:]
-    assert not (neg == index.unsqueeze(1)).any()
-    assert neg.min() == 0 and neg.max() == 19
+    neg = s.sample(index)[:, 1:]
+    for b in range(20):
+        assert sorted(neg[b].tolist()) == [i for i in range(20) if i != b]
 
 
 def test_relax_positive_has_the_same_class():
     labels = torch.arange(40) % 4
-    s = NegativeSampler()
-    s.set_data(40, labels)
+    s = NegativeSampler(40, 4, labels, "relax")
     index = torch.arange(40).repeat(20)
-    pos = s.sample(index, 4, "relax")[:, 0]
+    pos = s.sample(index)[:, 0]
     assert torch.equal(labels[pos], labels[index])
     assert (pos != index).any()  # not just the sample itself
     with pytest.raises(ConfigError, match="relax"):
         _method(n=10, labels=None, mode="relax")
+
+
+@pytest.mark.parametrize("impl", ["dense", "gather"])
+@pytest.mark.parametrize("mode", ["exact", "relax"])
+def test_training_draws_negatives_without_replacement(impl, mode):
+    """Both paths, both modes: the indices the term scores come from the per-sample field, distinct
+    within each row; the loss equals the reference's formula on those indices."""
+    labels = torch.arange(200) % 4  # 150 other-class samples per anchor
+    torch.manual_seed(0)
+    m = _method(n=200, labels=labels, nce_k=100, feat_dim=8, impl=impl, mode=mode).train()
+    index = torch.arange(16)
+    rng = np.random.default_rng(3)
+    contrast_idx = torch.stack([m.sample_fields()["contrast_index"](int(i), rng) for i in index])
+    assert all(len(set(r[1:].tolist())) == 100 for r in contrast_idx)
+    assert not (labels[contrast_idx[:, 1:]] == labels[index].unsqueeze(1)).any()
+    assert torch.equal(labels[contrast_idx[:, 0]], labels[index])
+    f_s, f_t = torch.randn(16, 6), torch.randn(16, 8)
+    expected, _, _ = _naive_loss(m, f_s, f_t, contrast_idx)
+    loss = m([f_s], [f_t], {"index": index, "contrast_index": contrast_idx})
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_data_pipeline_draws_the_same_negatives_for_any_worker_count_and_after_resume():
+    from torch.utils.data import DataLoader
+
+    from crossdistill.data import SampleFieldsDataset
+
+    class Plain(torch.utils.data.Dataset):
+        def __len__(self):
+            return 24
+
+        def __getitem__(self, i):
+            return {"index": torch.tensor(i)}
+
+    sampler = NegativeSampler(24, 10, torch.arange(24) % 3)
+    ds = SampleFieldsDataset(Plain(), {"crd.contrast_index": sampler}, seed=5)
+
+    def epoch(e, workers):
+        ds.set_epoch(e)
+        return torch.cat([b["crd.contrast_index"] for b in DataLoader(ds, batch_size=5, num_workers=workers)])
+
+    a = epoch(1, 0)
+    assert torch.equal(a, epoch(1, 2))                  # workers do not change the draw
+    assert torch.equal(ds[7]["crd.contrast_index"], a[7])  # nor does fetching one sample alone (a resume)
+    assert not torch.equal(a, epoch(2, 0))               # a new epoch, new negatives
+    assert all(len(set(r[1:].tolist())) == 10 for r in a)
 
 
 def test_dense_equals_gather_in_loss_and_gradients():
@@ -182,7 +253,7 @@ def test_dense_equals_gather_in_loss_and_gradients():
     g = torch.Generator().manual_seed(2)
     for step in range(3):  # Z estimated at step 0, banks updated between steps
         index = torch.randperm(500, generator=g)[:16]
-        contrast_idx = methods["gather"].sampler.sample(index, 256)
+        contrast_idx = methods["gather"].sampler.sample(index)
         f_s, f_t = torch.randn(16, 32, generator=g), torch.randn(16, 48, generator=g)
         out = {}
         for impl, m in methods.items():
@@ -208,7 +279,7 @@ def test_fused_nce_equals_crd_loss_from_logits_in_value_and_gradient():
     fused = crd_nce_fused(logits, Z, 30)
     torch.testing.assert_close(fused, ref, rtol=1e-12, atol=0)
     torch.testing.assert_close(torch.autograd.grad(fused, [logits])[0], ref_grad, rtol=1e-10, atol=1e-14)
-    # float32 at the reference's scale: within 1e-6 of a float64 evaluation (crd_loss_from_logits: ~7e-5)
+    # float32 at the reference's scale: within 1e-6 of a float64 evaluation
     k, n = 16384, 50000
     logits = torch.randn(2, 64, k + 1, generator=g) * 1.3
     exact = crd_loss_from_logits(logits[0].double(), logits[1].double(), 1.1e5, 1.1e5, n)
@@ -221,7 +292,7 @@ def test_initial_loss_matches_the_formula():
     torch.manual_seed(0)
     m = _method(n=4000, labels=torch.arange(4000) % 10, nce_k=1024, d_s=64, d_t=64).train()
     index = torch.arange(256)
-    loss = m.contrast_loss(torch.randn(256, 64), torch.randn(256, 64), index, m.sampler.sample(index, 1024))
+    loss = m.contrast_loss(torch.randn(256, 64), torch.randn(256, 64), index, m.sampler.sample(index))
     k, d, t = 1024, 128, 0.07
     assert abs(float(loss.detach()) - (2 * (math.log(k + 1) + 1) + 1 / (d * t * t))) < 0.35
 
@@ -317,23 +388,13 @@ def test_queue_mode_is_a_fifo_with_same_class_entries_masked():
     assert torch.isinf(logits_s[:, 1:][same]).all() and torch.isfinite(logits_s[:, 1:][~same]).all()
 
 
-def test_crd_kd_is_one_term_with_both_parts():
-    torch.manual_seed(0)
-    b = toy_batch()
-    d = Distiller(TinyNet(width=4), TinyNet(width=8), [build_method("crd_kd", nce_k=8)], example_input=b["input"])
-    d.setup(DataSetup(num_samples=16, labels=b["label"]))
-    d.train()
-    _, parts = d(b)
-    torch.testing.assert_close(parts["crd_kd"], 0.8 * parts["crd_kd/crd"] + 1.0 * parts["crd_kd/kd"])
-
-
 def test_a_recipe_can_express_crd_plus_kd():
     base = {"student": {"name": "resnet8"}, "data": {"name": "cifar100"}}
     two_terms = parse_config({**base, "distill": {"terms": [{"method": "kd", "weight": 1.0, "T": 4},
                                                              {"method": "crd"}]}})
     assert [t.method for t in two_terms.distill.terms] == ["kd", "crd"]
-    one_term = parse_config({**base, "distill": {"terms": [{"method": "crd_kd", "nce_k": 4096}]}})
-    assert one_term.distill.terms[0].method == "crd_kd"
+    with pytest.raises(ConfigError, match="crd_kd"):  # one term for both is gone: list two terms
+        parse_config({**base, "distill": {"terms": [{"method": "crd_kd", "nce_k": 4096}]}})
     with pytest.raises(ConfigError, match="memory"):
         parse_config({**base, "distill": {"terms": [{"method": "crd", "memory": "que"}]}})
 

@@ -24,7 +24,6 @@ from crossdistill.losses import (
     fsp_loss,
     fsp_matrix,
     hint_loss,
-    infonce_loss,
     inverted_l2_decomposition,
     kd_loss,
     nst_loss,
@@ -428,16 +427,6 @@ def test_crd_at_init_close_to_2_lnK_plus_1_plus_jensen_gap():
     plain = 2 * (math.log(K + 1) + 1)
     assert abs(total.item() - (plain + 1 / (D * T * T))) < 0.4
     assert total.item() - plain > 0.8
-
-
-def test_infonce_matches_explicit_softmax():
-    logits = t([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
-    row0 = -(2.0 - math.log(math.exp(2) + math.exp(1) + 1))
-    row1 = math.log(3)
-    close(infonce_loss(logits), (row0 + row1) / 2)
-
-
-# --------------------------------------------------------------------------------------- spectral
 
 
 def test_inverted_decomposition_hand_case():

@@ -18,7 +18,7 @@ ZOO = [
     "ResNet18", "ResNet34", "ResNet50",
 ]  # fmt: skip
 
-# Millions of parameters at 100 classes (CRD, Tian et al. 2020; /work/shared/REFERENCE.md §3).
+# Millions of parameters at 100 classes, as published with the CRD benchmark (Tian et al. 2020, RepDistiller).
 PUBLISHED_SIZES_M = {
     "resnet8x4": 1.23, "resnet32x4": 7.43, "wrn_40_2": 2.26, "wrn_40_1": 0.57, "wrn_16_2": 0.70,
     "vgg13": 9.46, "vgg8": 3.97, "mobilenetv2": 0.81, "shufflenetv1": 0.95, "shufflenetv2": 1.36,

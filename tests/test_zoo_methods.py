@@ -71,16 +71,25 @@ def distiller(name, student_model="resnet8x4", teacher_model="resnet32x4", **opt
 
 
 def capture(model, paths):
-    """Independent forward hooks: the tensors the method should have received."""
+    """Independent forward hooks: the tensors the method should have received (``path:input``: the
+    module's input, by a pre-hook)."""
     out = {}
     for p in paths:
-        model.get_submodule(p).register_forward_hook(lambda m, i, o, p=p: out.__setitem__(p, o))
+        if p.endswith(":input"):
+            model.get_submodule(p[:-6]).register_forward_pre_hook(lambda m, i, p=p: out.__setitem__(p, i[0]))
+        else:
+            model.get_submodule(p).register_forward_hook(lambda m, i, o, p=p: out.__setitem__(p, o))
     return out
+
+
+# the pre-ReLU sums AB reads on resnet8x4 (1 block per stage) and resnet32x4 (5 blocks per stage)
+PREACT_S = [f"layer{i}.0.relu2:input" for i in (1, 2, 3)]
+PREACT_T = [f"layer{i}.4.relu2:input" for i in (1, 2, 3)]
 
 
 def test_registered_with_reference_defaults():
     expected = {"at": (1000, "@stages"), "sp": (3000, "@stage:-1"), "cc": (100, "@pooled"), "vid": (1, "@stages"),
-                "rkd": (1, "@pooled"), "pkt": (30000, "@pooled"), "ab": (1, "@stages"), "ft": (200, "@stage:-1"),
+                "rkd": (1, "@pooled"), "pkt": (30000, "@pooled"), "ab": (1, "@preacts"), "ft": (200, "@stage:-1"),
                 "fsp": (50, ("stem", "@stages")), "nst": (50, "@stages")}
     for name, (weight, side) in expected.items():
         cls = METHODS.get(name)
@@ -107,9 +116,10 @@ def expected_loss(name, term, s, t):
     if name == "vid":
         parts = zip(stages_s, stages_t, term.regressors, term.log_scales)
         return sum(vid_loss(reg(a), b, log_scale) for a, b, reg, log_scale in parts)
-    if name == "ab":
-        parts = zip([0.25, 0.5, 1.0], stages_s, stages_t, term.connectors)  # 2^(i-L+1), then ·3/1000
-        return sum(w * ab_loss(c.map(a), b, 1.0) for w, a, b, c in parts) * 0.003
+    if name == "ab":  # same shapes on each side: no connector (the reference)
+        assert all(isinstance(c.map, torch.nn.Identity) for c in term.connectors)
+        parts = zip([0.25, 0.5, 1.0], [s[p] for p in PREACT_S], [t[p] for p in PREACT_T])  # 2^(i-L+1), ·3/1000
+        return sum(w * ab_loss(a, b, 1.0) for w, a, b in parts) * 0.003
     if name == "ft":
         return factor_loss(term.translator(s["layer3"]), term.paraphraser.encoder(t["layer3"]), p=1, reduction="mean")
     if name == "fsp":
@@ -128,7 +138,7 @@ def expected_loss(name, term, s, t):
 def test_loss_is_the_pure_loss_of_the_tapped_tensors(name):
     d = distiller(name).eval()  # eval: the method's modules give the same values when called again
     paths = STAGES + ["stem", "pool"]
-    s, t = capture(d.student, paths), capture(d.teachers["default"], paths)
+    s, t = capture(d.student, paths + PREACT_S), capture(d.teachers["default"], paths + PREACT_T)
     with torch.no_grad():
         loss, parts = d(batch())
         expected = expected_loss(name, d.terms[0], s, t)

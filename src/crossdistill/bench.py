@@ -1,15 +1,18 @@
 """``crossdistill bench``: speed and memory, as ratios measured side by side in one run.
 
 ``crossdistill bench crd [n=50000 k=16384 b=64 dim=128 steps=10 ...] [--quick]`` times one CRD
-step — draw the ``[B, K+1]`` contrast indices, score both directions, NCE loss, backward to the
-embeddings, momentum-update both banks — for the reference-style ``gather`` implementation and the
+step — score both directions, NCE loss, backward to the embeddings, momentum-update both banks —
+for the reference-style ``gather`` implementation and the
 ``dense`` one, on the same banks and the same indices, in the same process (interleaved steps,
 median after warm-up, threads left at torch's default). It checks that both give the same loss and
 the same gradient w.r.t. the embeddings, measures peak memory, times the dense step phase by phase
 and its four GEMMs alone (the arithmetic floor of an exact float32 dense step on this machine, hence
 a bound on the ratio), prints a table and writes JSON to
 ``runs/bench/crd.json`` (``out=PATH`` to change). The networks and embedding heads are left out:
-they are the same for both implementations.
+they are the same for both implementations. The ``[B, K+1]`` contrast indices are drawn outside the
+step, as in training, where the loader's workers draw them (per sample, without replacement); their
+cost per batch is timed apart and reported next to the ratio (with the ratio they would give if
+they were drawn on the training step).
 
 ``amp`` and ``regulariser`` live in :mod:`crossdistill.benchmarks_extra`.
 """
@@ -79,7 +82,8 @@ class _CRDState:
     """Banks, sampler and anchors for one implementation (everything a step touches)."""
 
     def __init__(self, o: Dict[str, Any], impl: str):
-        from .methods._crd_memory import ContrastMemory, NegativeSampler
+        from .methods.crd_memory import ContrastMemory
+        from .methods.crd_sampler import NegativeSampler
 
         dev = torch.device(o["device"])
         g = torch.Generator().manual_seed(o["seed"])
@@ -88,8 +92,7 @@ class _CRDState:
         self.memory.allocate(o["n"], g)
         labels = torch.arange(o["n"]) % o["classes"]
         labels = labels[torch.randperm(o["n"], generator=g)]
-        self.sampler = NegativeSampler().to(dev)
-        self.sampler.set_data(o["n"], labels, dev)
+        self.sampler = NegativeSampler(o["n"], o["k"], labels)
         self.o, self.dev, self.g = o, dev, g
 
     def batch(self, step: int):
@@ -100,9 +103,11 @@ class _CRDState:
         v_t = F.normalize(torch.randn(o["b"], o["dim"], generator=g), dim=1).to(self.dev).requires_grad_()
         return index, v_s, v_t
 
-    def step(self, index, v_s, v_t, contrast_idx=None):
-        if contrast_idx is None:
-            contrast_idx = self.sampler.sample(index, self.o["k"])
+    def contrast_indices(self, index):
+        """What the loader's workers add to the batch: one row per sample (timed apart from the step)."""
+        return self.sampler.sample(index.cpu()).to(self.dev)
+
+    def step(self, index, v_s, v_t, contrast_idx):
         loss = self.memory.loss(v_s, v_t, contrast_idx, self.impl)
         loss.backward()
         self.memory.update(v_s.detach(), v_t.detach(), index)
@@ -141,7 +146,7 @@ def _check_equal(o: Dict[str, Any]) -> Dict[str, float]:
     out: Dict[str, float] = {}
     for step in range(2):  # step 0 estimates Z, step 1 uses it and the updated banks
         index, v_s, v_t = a.batch(step)
-        contrast_idx = a.sampler.sample(index, o["k"])
+        contrast_idx = a.contrast_indices(index)
         ref = _float64_reference(a, index, v_s, v_t, contrast_idx)
         w_s, w_t = v_s.detach().clone().requires_grad_(), v_t.detach().clone().requires_grad_()
         loss_a = a.step(index, v_s, v_t, contrast_idx)
@@ -181,21 +186,24 @@ def _time_steps(o: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
     for step in range(o["warmup"] + o["steps"]):
         for impl in (IMPLS if step % 2 == 0 else IMPLS[::-1]):  # interleaved: drifting load hits both
             index, v_s, v_t = states[impl].batch(step)
+            contrast_idx = states[impl].contrast_indices(index)  # the loader's work, not the step's
             lap = _Lap(dev, laps if step >= o["warmup"] else {})
-            states[impl].step(index, v_s, v_t)
+            states[impl].step(index, v_s, v_t, contrast_idx)
             lap(impl)
     return {impl: {"ms_median": statistics.median(ts), "ms_min": min(ts), "ms_max": max(ts)}
             for impl, ts in laps.items()}
 
 
 def _breakdown(o: Dict[str, Any]) -> Dict[str, float]:
-    """Median ms of each phase of the dense step, and of its four GEMMs alone.
+    """Median ms of each phase of the dense step, and of its four GEMMs alone; and of drawing one
+    batch's contrast indices (``"sample indices"``: loader-worker work, not part of the step).
 
     The GEMMs (``[B, D]×[D, n]`` twice for the scores, ``[B, n]×[n, D]`` twice for the gradient)
     are arithmetic that any exact float32 dense step must do, so ``gather / gemms`` bounds the
     speed-up reachable on this machine without giving up float32 or the reference's sampling.
     """
-    from .methods._crd_memory import matmul_nt, nce_terms
+    from .losses import crd_dense_grad, crd_dense_logits, crd_nce_terms
+    from .matmul import matmul_nt
 
     st = _CRDState(o, "dense")
     mem, dev = st.memory, st.dev
@@ -206,13 +214,14 @@ def _breakdown(o: Dict[str, Any]) -> Dict[str, float]:
             index, v_s, v_t = st.batch(step)
             into = laps if step >= o["warmup"] else {}
             lap = _Lap(dev, into)
-            idx = st.sampler.sample(index, o["k"])
+            idx = st.contrast_indices(index)
             lap("sample indices")
-            logits = mem._dense_logits(v_s, v_t, idx)
+            banks = (mem.bank_t, mem.bank_s)
+            logits = crd_dense_logits((v_s, v_t), banks, idx, mem.T)
             lap("scores: 2 GEMMs + 2 gathers")
-            _, g = nce_terms(logits, mem.normalisers(logits, mem.n, True), mem.n, mem.eps)
+            _, g = crd_nce_terms(logits, mem.normalisers(logits, mem.n, True), mem.n, mem.eps)
             lap("loss and dL/dlogits")
-            mem._dense_grad(g, idx)
+            crd_dense_grad(g, idx, banks, mem.T)
             lap("grad: scatter + 2 GEMMs")
             mem.update(v_s, v_t, index)
             lap("bank update")
@@ -231,8 +240,10 @@ def _peak_worker(o: Dict[str, Any], impl: str) -> Dict[str, Any]:
         torch.set_num_threads(o["threads"])
     st = _CRDState(o, impl)
     dev = torch.device(o["device"])
-    st.step(*st.batch(0))  # Z estimated, lazy initialisations done
+    first = st.batch(0)
+    st.step(*first, st.contrast_indices(first[0]))  # Z estimated, lazy initialisations done
     batch = st.batch(1)
+    batch = (*batch, st.contrast_indices(batch[0]))
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
@@ -299,6 +310,8 @@ def bench_crd(opts: Dict[str, Any], quick: bool = False, print_fn: Callable[[str
                     "torch": torch.__version__, "threads": torch.get_num_threads(), "device": o["device"],
                     "cpu_count": os.cpu_count(), "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "ms_per_step": {"gather": g, "dense": d}, "timing": timing, "speedup": g / d,
+        "sampling_ms_per_batch": phases["sample indices"],
+        "speedup_if_sampled_on_the_step": (g + phases["sample indices"]) / (d + phases["sample indices"]),
         "dense_phases_ms": phases, "speedup_bound_at_gemm_floor": g / phases["the 4 GEMMs alone"],
         "equality": check, "peak_memory": memory,
     }
@@ -311,13 +324,16 @@ def bench_crd(opts: Dict[str, Any], quick: bool = False, print_fn: Callable[[str
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print_fn("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-    print_fn(f"speed-up dense vs gather: {g / d:.1f}x   (of which sampling the indices: "
-             f"{phases['sample indices']:.1f} ms, shared by both)")
+    smp = phases["sample indices"]
+    print_fn(f"speed-up dense vs gather: {g / d:.1f}x   (drawing one batch's contrast indices, without "
+             f"replacement, takes {smp:.1f} ms in the loader's workers, off the step; on the step it would be "
+             f"{(g + smp) / (d + smp):.1f}x)")
     print_fn(f"max relative difference dense vs gather: loss {loss_diff:.2e}, grad wrt embeddings {grad_diff:.2e}, "
              f"Z {check['z_rel_diff']:.2e}; banks after update max |diff| {check['bank_max_abs_diff']:.2e}")
     floor = phases["the 4 GEMMs alone"]
     print_fn("dense step by phase (median ms): " +
-             ", ".join(f"{name} {ms:.1f}" for name, ms in phases.items() if name != "the 4 GEMMs alone"))
+             ", ".join(f"{name} {ms:.1f}" for name, ms in phases.items()
+                       if name not in ("the 4 GEMMs alone", "sample indices")))
     print_fn(f"its four GEMMs alone take {floor:.1f} ms: no exact float32 dense step beats "
              f"{g / floor:.1f}x over gather on this machine")
     err = {impl: (max(check[f"{impl}_loss_rel_err_vs_float64_step{s}"] for s in (0, 1)),

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from .config import Config, TeacherConfig
 from .data import IndexedDataset, create_dataset
 from .data.transforms import build_eval_transform, build_train_transform
-from .data.seeded import AugmentedDataset
+from .data.seeded import AugmentedDataset, SampleFieldsDataset
 from .distiller import Distiller
 from .engine.checkpoint import load_checkpoint, load_into, load_state_dict_file, student_state
 from .errors import ConfigError
@@ -149,4 +149,11 @@ def build_run(cfg: Config, allow_imports: bool = False) -> Run:
                               example_input=example, input_transforms=views)
     labels = getattr(train, "labels", None)
     distiller.setup(DataSetup(num_samples=len(train), num_classes=info.num_classes, labels=labels))
+    train = with_sample_fields(train, distiller, cfg.seed)
     return Run(cfg, train, test, task, distiller, spec)
+
+
+def with_sample_fields(train: Dataset, distiller: Distiller, seed: int) -> Dataset:
+    """The training set with the per-sample fields the methods declare (computed in loader workers)."""
+    fields = distiller.sample_fields()
+    return SampleFieldsDataset(train, fields, seed=seed) if fields else train

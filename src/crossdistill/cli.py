@@ -90,6 +90,9 @@ def cmd_list(args) -> int:
         tagged = {p: tag for tag, ps in (("stage", getattr(model, "feature_layers", ())),
                                          ("pooled", [getattr(model, "pooled_layer", None)]),
                                          ("encoder", [getattr(model, "encoder_layer", None)])) for p in ps if p}
+        for p in getattr(model, "preact_layers", ()):  # the pre-activations AB reads (@preacts)
+            base = p[: -len(":input")] if p.endswith(":input") else p
+            tagged[base] = (tagged.get(base, "") + " preact" + (" (its input)" if base != p else "")).strip()
         for name, mod in model.named_modules():
             if name:
                 print(f"{name:40s} {type(mod).__name__:22s} {tagged.get(name, '')}")

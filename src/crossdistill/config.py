@@ -306,6 +306,7 @@ def _options_model(cls: type) -> type[BaseModel]:
         init = klass.__dict__.get("__init__")
         if init is None:
             continue
+        init = inspect.unwrap(init)  # methods wrap __init__ to validate their options
         sig = inspect.signature(init)
         hints = inspect.get_annotations(init, eval_str=True)
         more = False

@@ -15,43 +15,60 @@ Teachers are frozen, kept in eval mode and run under ``no_grad``; they are not p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from .errors import ConfigError, ShapeError
-from .methods.base import DataSetup, Method, as_list, split_loss
-from .taps import OUTPUT, FeatureTap, unwrap
+from .methods.base import TARGET, DataSetup, Method, SampleField, as_list, split_loss
+from .taps import INPUT_SUFFIX, OUTPUT, FeatureTap, StudentEdits, split_path, unwrap
 
 Batch = Dict[str, Tensor]
 MAIN = "main"
 
 
 def resolve_side(model: nn.Module, side: str, role: str) -> List[str]:
-    """Expand an alias (``@pooled``, ``@encoder``, ``@stage:N``, ``@stages``) to module paths."""
+    """Expand a side to module paths: an alias (``@pooled``, ``@encoder``, ``@stage:N``, ``@stages``,
+    ``@preacts``, ``@preact:N``) or a module path, either one with the suffix ``:input`` to read the
+    module's input instead of its output."""
+    base, is_input = split_path(side)
+    paths = _resolve_alias(model, base, role)
+    return [p + INPUT_SUFFIX for p in paths] if is_input else paths
+
+
+def _resolve_alias(model: nn.Module, side: str, role: str) -> List[str]:
     if not side.startswith("@"):
         return [side]
     m = unwrap(model)
     stages = list(getattr(m, "feature_layers", ()))
+    # the reference's pre-activation maps where the model declares them, else its stage outputs
+    preacts = list(getattr(m, "preact_layers", ()) or stages)
     try:
         if side == "@pooled":
             return [m.pooled_layer]
         if side == "@encoder":
             return [getattr(m, "encoder_layer", None) or stages[-1]]
-        if side == "@stages":
-            if not stages:
+        if side in ("@stages", "@preacts"):
+            chosen = stages if side == "@stages" else preacts
+            if not chosen:
                 raise IndexError
-            return stages
+            return chosen
         if side.startswith("@stage:"):
             return [stages[int(side[len("@stage:"):])]]
+        if side.startswith("@preact:"):
+            return [preacts[int(side[len("@preact:"):])]]
     except (AttributeError, IndexError, ValueError):
         raise ConfigError(
-            f"{role} ({type(m).__name__}) cannot resolve '{side}': it declares feature_layers={stages} "
-            f"and pooled_layer={getattr(m, 'pooled_layer', None)!r}; give a module path instead"
+            f"{role} ({type(m).__name__}) cannot resolve '{side}': it declares feature_layers={stages}, "
+            f"preact_layers={list(getattr(m, 'preact_layers', ()))} and pooled_layer={getattr(m, 'pooled_layer', None)!r}; "
+            "give a module path instead"
         ) from None
-    raise ConfigError(f"unknown side alias '{side}': use @pooled, @encoder, @stage:N, @stages or a module path")
+    raise ConfigError(f"unknown side alias '{side}': use @pooled, @encoder, @stage:N, @stages, @preact:N, @preacts "
+                      "or a module path (add ':input' to read a module's input)")
 
 
 def as_batch(batch) -> Batch:
@@ -129,6 +146,16 @@ class Distiller(nn.Module):
             self._t_paths.append(t)
         self._s_tap = FeatureTap(self.student, [p for ps in self._s_paths for p in ps], "student")
         self._t_taps = {n: FeatureTap(self.teachers[n], ps, f"teacher '{n}'") for n, ps in teacher_paths.items()}
+        # student edits, resolved like the sides: per term, (module path, fn) pairs
+        self._edits: List[List[Tuple[str, Callable]]] = []
+        for term in self.terms:
+            pairs = []
+            for side, fn in term.edits().items():
+                if not callable(fn):
+                    raise ConfigError(f"method '{term.name}': the edit for side '{side}' is not callable")
+                pairs += [(p, fn) for p in resolve_side(self.student, side, "student")]
+            self._edits.append(pairs)
+        self._s_edits = StudentEdits(self.student, [p for pairs in self._edits for p, _ in pairs], "student")
 
     @torch.no_grad()
     def build(self, example_input: Tensor) -> "Distiller":
@@ -167,8 +194,36 @@ class Distiller(nn.Module):
         return list(unique.values())
 
     def setup(self, data: DataSetup) -> None:
+        if data.task is None and self.task is not None:
+            data = dataclasses.replace(data, task=self.task.name)
         for term in self.terms:
             term.setup(data)
+
+    def sample_fields(self) -> Dict[str, SampleField]:
+        """Every term's per-sample fields, keyed ``"<term label>.<field>"`` (the data pipeline adds
+        them to each training sample: :class:`crossdistill.data.SampleFieldsDataset`). After :meth:`setup`."""
+        return {f"{label}.{name}": fn for term, label in zip(self.terms, self.labels)
+                for name, fn in term.sample_fields().items()}
+
+    def _term_batch(self, i: int, batch: Batch) -> Batch:
+        """The batch as term ``i`` sees it: its own per-sample fields under their short names. A field
+        the data pipeline did not add (your own loop) is computed here, from ``batch["index"]``."""
+        fields = self.terms[i].sample_fields()
+        if not fields:
+            return batch
+        out = dict(batch)
+        for name, fn in fields.items():
+            key = f"{self.labels[i]}.{name}"
+            if key in batch:
+                out[name] = batch[key]
+                continue
+            if "index" not in batch:
+                raise ConfigError(f"method '{self.labels[i]}' needs batch['index'], the dataset position of every "
+                                  "sample: wrap the training set in crossdistill.data.IndexedDataset (the trainer does)")
+            index = torch.as_tensor(batch["index"]).flatten()
+            rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, ())))  # follows the torch RNG
+            out[name] = torch.stack([torch.as_tensor(fn(int(j), rng)) for j in index.tolist()]).to(index.device)
+        return out
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         for term in self.terms:
@@ -179,23 +234,55 @@ class Distiller(nn.Module):
         fn = self.input_transforms.get(who)
         return fn(x) if fn is not None else x
 
-    def _forward_networks(self, x: Tensor, active: List[bool]):
-        out = self.student(self._view("student", x))
+    def _forward_networks(self, x: Tensor, active: List[bool], term_batches: Optional[List[Batch]] = None):
+        """Student and teachers on ``x``. With ``term_batches`` (the training forward: each term's view of the
+        batch), the active terms' student edits apply: the teachers then run first, so that an edit can
+        read their tensors."""
+        editing = term_batches is not None and any(active[i] and self._edits[i] for i in range(len(self.terms)))
+        t_feats = self._forward_teachers(x, active) if editing else None
+        if editing:
+            fns = {}
+            for i, pairs in enumerate(self._edits):
+                if not (active[i] and pairs):
+                    continue
+                t = self._teacher_inputs(i, t_feats)
+                for path, fn in pairs:
+                    inner = fns.get(path)
+                    fns[path] = self._bind_edit(fn, t, term_batches[i], inner)
+            with self._s_edits.active(fns):
+                out = self.student(self._view("student", x))
+        else:
+            out = self.student(self._view("student", x))
         s_feats = self._s_tap.pop()
         s_feats[OUTPUT] = out
+        if t_feats is None:
+            t_feats = self._forward_teachers(x, active)
+        return s_feats, t_feats
+
+    @staticmethod
+    def _bind_edit(fn: Callable, t: List[Tensor], batch: Batch, inner: Optional[Callable]) -> Callable[[Tensor], Tensor]:
+        # several edits of one module compose in term order
+        if inner is None:
+            return lambda out: fn(out, t, batch)
+        return lambda out: fn(inner(out), t, batch)
+
+    def _forward_teachers(self, x: Tensor, active: List[bool]) -> Dict[str, Dict[str, Tensor]]:
         t_feats: Dict[str, Dict[str, Tensor]] = {}
-        needed = {n for i, term in enumerate(self.terms) if active[i] and term.needs_teacher for n in term.from_teacher}
+        needed = {n: None for i, term in enumerate(self.terms) if active[i] and term.needs_teacher for n in term.from_teacher}
         with torch.no_grad():
             for name in needed:
                 t_out = self.teachers[name](self._view(name, x))
                 feats = self._t_taps[name].pop()
                 feats[OUTPUT] = t_out
                 t_feats[name] = feats
-        return s_feats, t_feats
+        return t_feats
 
     def _term_inputs(self, i: int, s_feats, t_feats) -> Tuple[List[Tensor], List[Tensor]]:
-        term = self.terms[i]
         s = [s_feats[p].float() for p in self._s_paths[i]]
+        return s, self._teacher_inputs(i, t_feats)
+
+    def _teacher_inputs(self, i: int, t_feats) -> List[Tensor]:
+        term = self.terms[i]
         t: List[Tensor] = []
         if term.needs_teacher:
             for p in self._t_paths[i]:
@@ -204,16 +291,20 @@ class Distiller(nn.Module):
                     raise ShapeError(f"ensemble teachers {term.from_teacher} give different shapes at '{p}': "
                                      f"{[tuple(v.shape) for v in views]}")
                 t.append(views[0] if len(views) == 1 else torch.stack(views).mean(0))
-        return s, t
+        return t
 
     def forward(self, batch) -> Tuple[Tensor, Dict[str, Tensor]]:
         if not self.built:
             raise RuntimeError("Distiller is not built: pass example_input=... or call distiller.build(x) before "
                                "creating the optimiser (projector shapes come from one dry run)")
         batch = as_batch(batch)
+        if self.task is not None and self.task.target_key in batch:
+            batch[TARGET] = batch[self.task.target_key]  # methods find the task's target under one key
         phase = self.phase
         active = [term.active_in(phase) for term in self.terms]
-        s_feats, t_feats = self._forward_networks(batch["input"], active)
+        term_batches = [self._term_batch(i, batch) if active[i] else batch for i in range(len(self.terms))]
+        # edits act in the training forward only (never in eval mode, predict, or the dry run)
+        s_feats, t_feats = self._forward_networks(batch["input"], active, term_batches if self.training else None)
         parts: Dict[str, Tensor] = {}
         total = s_feats[OUTPUT].new_zeros((), dtype=torch.float32)
         if phase == MAIN and self.task is not None:
@@ -228,7 +319,8 @@ class Distiller(nn.Module):
                 if not active[i]:
                     continue
                 s, t = self._term_inputs(i, s_feats, t_feats)
-                result = term(s, t, batch) if phase == MAIN else term.phase_loss(phase, s, t, batch)
+                b = term_batches[i]
+                result = term(s, t, b) if phase == MAIN else term.phase_loss(phase, s, t, b)
                 loss, logs = split_loss(result)
                 parts[label] = loss.detach()
                 for k, v in logs.items():
@@ -266,10 +358,12 @@ class Distiller(nn.Module):
                 from .errors import CheckpointError
                 raise CheckpointError(
                     f"checkpoint does not match this distiller: missing {missing[:5]}, unexpected {unexpected[:5]}; "
-                    "was it written by a run with another model or method config?")
+                    "was it written by a run with another model or method config, or by an older crossdistill "
+                    "(AB's connectors changed with issue 9)? Resume with the config and version that wrote it")
         return super().load_state_dict(state_dict, strict=False, assign=assign)
 
     def remove_hooks(self) -> None:
         self._s_tap.remove()
+        self._s_edits.remove()
         for tap in self._t_taps.values():
             tap.remove()

@@ -1,4 +1,4 @@
-"""Augmentation whose randomness is a pure function of (seed, epoch, index).
+"""Augmentation and per-sample fields whose randomness is a pure function of (seed, epoch, index).
 
 Every sample draws from its own RNG seeded by ``(seed, epoch, index)``, never from a shared
 stream. So the augmented batch at any step is the same whatever the number of workers, the
@@ -6,8 +6,10 @@ rank, or whether the run was resumed mid-epoch — the basis of bit-identical cr
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Dict, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -38,3 +40,39 @@ class AugmentedDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.transform(sample)
+
+
+class SampleFieldsDataset(Dataset):
+    """Adds per-sample fields that methods declare (``Method.sample_fields``) to every sample.
+
+    ``fields`` maps a batch key to ``fn(index, rng) -> Tensor``; ``rng`` is a
+    ``numpy.random.Generator`` seeded from ``(seed, epoch, index, key)``, so a field is a pure function
+    of those — the same whatever the number of workers, the rank, or whether the run was resumed. The
+    work happens in ``__getitem__``, i.e. in the loader's worker processes, off the training step
+    (CRD's negatives, as in the reference). The trainer's ``set_epoch`` reaches it like the
+    augmentation's.
+    """
+
+    def __init__(self, dataset: Dataset, fields: Dict[str, Callable[[int, "np.random.Generator"], Tensor]],
+                 seed: int = 0):
+        self.dataset = dataset
+        self.fields = dict(fields)
+        self.seed = seed
+        self.epoch = 0
+        # a stable number per key (Python's str hash is salted per process: workers would disagree)
+        self._keys = {k: int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in self.fields}
+        self.info = getattr(dataset, "info", None)
+        self.labels = getattr(dataset, "labels", None)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Dict[str, Tensor]:
+        sample = dict(self.dataset[index])
+        for key, fn in self.fields.items():
+            rng = np.random.default_rng([self.seed & 0xFFFFFFFFFFFFFFFF, self.epoch, int(index), self._keys[key]])
+            sample[key] = torch.as_tensor(fn(int(index), rng))
+        return sample

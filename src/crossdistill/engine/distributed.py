@@ -1,8 +1,10 @@
-"""Process-group set-up from the environment ``torchrun`` provides (nothing to do otherwise)."""
+"""Process-group set-up from the environment ``torchrun`` provides (nothing to do otherwise), and the
+collectives methods use to keep state identical on every rank."""
 from __future__ import annotations
 
 import contextlib
 import os
+from typing import List
 
 import torch
 import torch.distributed as dist
@@ -31,11 +33,33 @@ def world_info() -> tuple[int, int]:
     return 0, 1
 
 
-def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank along dim 0 (equal shapes); ``x`` itself when alone."""
+def all_gather_cat(*tensors: torch.Tensor) -> List[torch.Tensor]:
+    """Each tensor concatenated over all ranks along dim 0, in rank order (the first dimension may
+    differ between ranks: padded for the collective, trimmed after). Every rank ends with the same
+    tensors. Alone: the tensors themselves. Not differentiable (the inputs are detached)."""
     rank, world = world_info()
     if world == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, 0)
+        return list(tensors)
+    device = tensors[0].device
+    size = torch.tensor([tensors[0].shape[0]], device=device, dtype=torch.long)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s.item()) for s in sizes]
+    top = max(counts)
+    out = []
+    for x in tensors:
+        pad = x.new_zeros((top - x.shape[0],) + tuple(x.shape[1:]))
+        padded = torch.cat([x.detach(), pad], 0).contiguous()
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        out.append(torch.cat([p[:c] for p, c in zip(parts, counts)], 0))
+    return out
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy every buffer of ``module`` from rank ``src`` to all ranks (nothing to do alone)."""
+    rank, world = world_info()
+    if world == 1:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src)

@@ -7,7 +7,19 @@ states the formula and its normalisation.
 """
 from __future__ import annotations
 
-from .contrastive import crd_logits, crd_loss_from_logits, crd_nce_loss, crd_scores, infonce_loss
+from .contrastive import (
+    crd_dense_grad,
+    crd_dense_logits,
+    crd_estimate_z,
+    crd_log_z_stats,
+    crd_logits,
+    crd_loss_from_logits,
+    crd_nce_fused,
+    crd_nce_loss,
+    crd_nce_terms,
+    crd_scores,
+    with_gradient,
+)
 from .features import (
     ab_loss,
     at_loss,
@@ -50,7 +62,13 @@ __all__ = [
     "crd_scores",
     "crd_nce_loss",
     "crd_loss_from_logits",
-    "infonce_loss",
+    "crd_nce_terms",
+    "crd_nce_fused",
+    "crd_dense_logits",
+    "crd_dense_grad",
+    "crd_log_z_stats",
+    "crd_estimate_z",
+    "with_gradient",
     "feature_rows",
     "inverted_l2_decomposition",
     "spectral_energy",

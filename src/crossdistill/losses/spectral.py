@@ -1,5 +1,5 @@
 """Learning to Project: the inverted-projector L2 loss split into its two parts, and teacher-free
-spectral regularisers (REFERENCE §1; the paper's own formulas were not reachable, these are derived).
+spectral regularisers (docs/cross_task.md; the paper's own formulas were not reachable, these are derived).
 
 Rows and features: a ``[B, D]`` tensor has ``N = B`` rows of dimension ``d = D``; a dense map
 ``[B, C, H, W]`` (or any ``[B, C, *]``) has ``N = B·H·W`` rows of dimension ``d = C`` — every pixel is a

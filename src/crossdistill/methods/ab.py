@@ -1,93 +1,88 @@
 """AB — Heo et al., 2019: transfer activation boundaries (which neurons fire) with a margin loss on pre-activations.
 
-At every tapped stage the student's map, through a connector, is pushed above ``+margin`` where the
-teacher's neuron is on and below ``−margin`` where it is off (``ab_loss``). As in RepDistiller the
-stage terms are weighted ``2^(i−L+1)`` (the deepest stage 1, then 1/2, 1/4, …) and scaled by 3/1000.
+At every tapped stage the student's pre-activation map (through a connector where the shapes differ)
+is pushed above ``+margin`` where the teacher's neuron is on and below ``−margin`` where it is off
+(``ab_loss``). As in RepDistiller the stage terms are weighted ``2^(i−L+1)`` (the deepest stage 1,
+then 1/2, 1/4, …) and scaled by 3/1000.
 
-Phases: like the paper and RepDistiller, AB is an *initialisation*: the init phase (``init_epochs``,
-30) trains the connectors and the student's body (every student parameter but the classifier; those
-after the tapped layers get no gradient) on the loss above, unscaled by the weight. RepDistiller then
-sets the AB term to 0 for main training (only CE, plus KD if configured). That is the default here:
-``in_main=False`` switches the term off in main training (no teacher forward for it); ``in_main=True`` keeps the AB loss on with weight β
-(default 1, the value in RepDistiller's script, which its code never applies).
+Sides (``@preacts``): the pre-activation maps the reference reads, as the model declares them in
+``preact_layers`` — on the CIFAR ResNets the pre-ReLU sum of each stage's last block (the *input* of
+its final ReLU, read with an input tap), on WRN the batch-normalised stage output (the output of the
+BN that opens the next block, or of the closing BN). A model that declares none falls back to its
+stage outputs (``@stages``); AB then refuses an identity connector on a map that never goes negative
+(a post-ReLU map cannot go below ``−margin``): tap the pre-activations or set ``connect_equal: true``.
 
-Sides: the stage outputs. The teacher side is exact whatever the model: only its sign is used and a
-ReLU keeps the sign. The student side should be the pre-activation: it is for pre-activation designs
-(WRN stages end without a ReLU). Where a stage ends with a ReLU (CIFAR ResNets), the loss acts on the
-connector's output of the post-ReLU map — which can go negative — rather than on the block's pre-ReLU
-sum, which is the *input* of the block's last ReLU and cannot be read by an output hook.
+Connector (``projector``): ``"standard"`` — as the reference, none where the student's and teacher's
+maps have the same shape, else a 1×1 conv-BN from the student's map into the teacher's channels
+(resized to the student's size); ``connect_equal: true`` adds one everywhere. ``"inverted"`` — from
+the teacher's map into the student's channels, always. AB uses only the target's sign, which has no
+gradient, so an inverted connector stays at its random initialisation: the student then learns the
+boundaries of a fixed random 1×1 mix of the teacher's channels.
 
-Connector (``projector``): ``"standard"`` — a 1×1 conv-BN from the student's map into the teacher's
-channels (RepDistiller's connector, but always present, since a post-ReLU map cannot go below 0);
-``"inverted"`` — from the teacher's map into the student's channels. AB uses only the target's sign,
-which has no gradient, so an inverted connector stays at its random initialisation: the student then
-learns the boundaries of a fixed random 1×1 mix of the teacher's channels, on its own map — which
-must then be a pre-activation (a post-ReLU map cannot go below ``−margin``, nor revive a dead unit).
+Phases: like the paper and RepDistiller, AB is an *initialisation* (:class:`InitPhase`): the init phase
+(``init_epochs``, 30) trains the connectors and the student's body (every student parameter but the
+classifier) on the loss above. RepDistiller then sets the AB term to 0 for main training (only CE,
+plus KD if configured); that is the default here (``in_main=False``: no teacher forward for it);
+``in_main=True`` keeps the AB loss on with weight β (default 1, the value in RepDistiller's script,
+which its code never applies).
 """
 from __future__ import annotations
 
 from typing import Literal
 
-import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
 from ..losses import ab_loss
 from ..projectors import Projector
-from ..taps import unwrap
-from .base import Method, register_method
-
-
-def body_parameters(student: nn.Module) -> list:
-    """The student's parameters except its classifier's (RepDistiller's ``get_feat_modules``)."""
-    model = unwrap(student)
-    head = getattr(model, "classifier", None)
-    skip = {id(p) for p in model.get_submodule(head).parameters()} if head else set()
-    return [p for p in model.parameters() if id(p) not in skip]
+from .base import InitPhase, Method, NonNegative, NonNegativeInt, check_pairs, register_method, student_body_parameters
 
 
 @register_method("ab")
-class AB(Method):
+class AB(InitPhase, Method):
     default_weight = 1.0
-    default_student = "@stages"
-    default_teacher = "@stages"
+    default_student = "@preacts"
+    default_teacher = "@preacts"
 
     def __init__(self, projector: Literal["standard", "inverted"] = "standard",
-                 projector_kind: Literal["linear", "conv_bn"] = "conv_bn", margin: float = 1.0,
-                 init_epochs: int = 30, in_main: bool = False, **sides):
+                 projector_kind: Literal["linear", "conv_bn"] = "conv_bn", connect_equal: bool = False,
+                 margin: NonNegative = 1.0, init_epochs: NonNegativeInt = 30, in_main: bool = False, **sides):
         super().__init__(**sides)
         self.projector_direction = projector
         self.projector_kind = projector_kind
+        self.connect_equal = connect_equal
         self.margin = margin
         self.init_epochs = init_epochs
         self.in_main = in_main
 
     def build(self, s, t):
-        if len(s) != len(t):
-            raise ConfigError(f"ab: {len(s)} student maps but {len(t)} teacher maps; tap as many on each side")
-        direction, kind = self.projector_direction, self.projector_kind
-        self.connectors = nn.ModuleList(Projector(fs.shape[1:], ft.shape[1:], direction, kind) for fs, ft in zip(s, t))
+        check_pairs("ab", s, t, maps=True)
+        connectors = []
+        for i, (fs, ft) in enumerate(zip(s, t)):
+            direction = self.projector_direction
+            if direction == "standard" and fs.shape[1:] == ft.shape[1:] and not self.connect_equal:
+                direction = "identity"  # the reference: no connector between maps of the same shape
+                if bool((fs >= 0).all()):
+                    raise ConfigError(
+                        f"ab: student map {i} is never negative (a post-ReLU map?), so without a connector it can "
+                        f"never go below −margin; tap the pre-activations (side '...:input' of the ReLU, or a model "
+                        f"that declares preact_layers) or set connect_equal: true")
+            connectors.append(Projector(fs.shape[1:], ft.shape[1:], direction, self.projector_kind))
+        self.connectors = nn.ModuleList(connectors)
 
     def boundary_loss(self, s, t):
         n = len(s)
-        terms = [2.0 ** (i - n + 1) * ab_loss(*connector(fs, ft), margin=self.margin)
-                 for i, (fs, ft, connector) in enumerate(zip(s, t, self.connectors))]
-        return torch.stack(terms).sum() * 3 / 1000
-
-    def active_in(self, phase: str) -> bool:
-        return self.in_main if phase == "main" else phase in self.extra_phases()
+        total = 0.0
+        for i, (fs, ft, connector) in enumerate(zip(s, t, self.connectors)):
+            total = total + 2.0 ** (i - n + 1) * ab_loss(*connector(fs, ft), margin=self.margin)
+        return total * 3 / 1000
 
     def forward(self, s, t, batch):
         return self.boundary_loss(s, t)
 
     # -- init phase: the connectors and the student's body learn the boundaries ------------------
-    def extra_phases(self):
-        return {"init": self.init_epochs}
+    def init_loss(self, s, t, batch):
+        return self.boundary_loss(s, t)
 
-    def phase_loss(self, phase, s, t, batch):
-        loss = self.boundary_loss(s, t)
-        # the Distiller multiplies every phase's loss by `weight`, which is β of the main loss only
-        return loss
-
-    def phase_parameters(self, phase, student):
-        return list(self.connectors.parameters()) + body_parameters(student)
+    def init_parameters(self, student):
+        return list(self.connectors.parameters()) + student_body_parameters(student)

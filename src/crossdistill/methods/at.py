@@ -6,12 +6,9 @@ assumes that sum of ``mean_{b,j} (a_s − a_t)²`` terms.
 """
 from __future__ import annotations
 
-import torch
-
-from ..errors import ConfigError
 from ..losses import at_loss
 from ..projectors import match_spatial
-from .base import Method, register_method
+from .base import Method, Positive, check_pairs, register_method, sum_over_pairs
 
 
 @register_method("at")
@@ -20,13 +17,12 @@ class AT(Method):
     default_student = "@stages"
     default_teacher = "@stages"
 
-    def __init__(self, p: float = 2.0, **sides):
+    def __init__(self, p: Positive = 2.0, **sides):
         super().__init__(**sides)
         self.p = p
 
     def build(self, s, t):
-        if len(s) != len(t):
-            raise ConfigError(f"at: {len(s)} student maps but {len(t)} teacher maps; tap as many on each side")
+        check_pairs("at", s, t)
 
     def forward(self, s, t, batch):
-        return torch.stack([at_loss(fs, match_spatial(ft, fs.shape[-2:]), self.p) for fs, ft in zip(s, t)]).sum()
+        return sum_over_pairs(lambda fs, ft: at_loss(fs, match_spatial(ft, fs.shape[-2:]), self.p), s, t)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..losses import cc_loss
 from ..projectors import Projector, pool_to_vector
-from .base import Method, register_method
+from .base import Method, Positive, PositiveInt, register_method
 
 
 @register_method("cc")
@@ -34,7 +34,7 @@ class CC(Method):
     default_teacher = "@pooled"
 
     def __init__(self, projector: Literal["standard", "inverted", "identity"] = "standard",
-                 kernel: Literal["gaussian", "linear"] = "gaussian", gamma: float = 0.4, order: int = 2, **sides):
+                 kernel: Literal["gaussian", "linear"] = "gaussian", gamma: Positive = 0.4, order: PositiveInt = 2, **sides):
         super().__init__(**sides)
         self.projector_direction = projector
         self.kernel = kernel

@@ -3,7 +3,15 @@
 Each network's pooled feature goes through its own embedding head (Linear(d→128) + L2 norm); the
 student's embedding is scored against ``K`` teacher-bank rows and the teacher's against ``K``
 student-bank rows (one positive, ``K`` negatives from other classes), and an NCE loss asks the
-positive to stand out. Reference semantics (REFERENCE.md §2) by default; see ``docs/crd.md``.
+positive to stand out. The reference's semantics by default; see ``docs/crd.md``.
+
+Where the pieces are: the loss arithmetic in :mod:`crossdistill.losses.contrastive`, the banks /
+queue and ``Z`` in :mod:`.crd_memory`, the contrast indices in :mod:`.crd_sampler`. The trainer
+gives nothing special to CRD: :meth:`setup` gives the data set's size and labels, the batch's
+``"index"`` field says which bank rows belong to the batch, and the contrast indices arrive as the
+per-sample field ``contrast_index`` (drawn in the loader's workers, as the reference draws them in
+``__getitem__``). Under DDP every rank's embeddings and indices are gathered before the bank update,
+so the banks (and ``Z``) stay identical on every rank.
 
 Options beyond the reference (defaults keep it):
 
@@ -13,38 +21,31 @@ Options beyond the reference (defaults keep it):
 - ``memory="queue"``: a FIFO of the last ``queue_size`` embeddings instead of ``n × dim`` banks.
 - ``z_mode="running"``: an EMA of ``Z`` (momentum ``z_momentum``) instead of the first-batch value.
 - ``impl``: ``"dense"`` (fast, same numbers) or ``"gather"`` (the reference's row gather).
-
-The trainer gives nothing special to CRD: the batch's ``"index"`` field (added by
-``IndexedDataset``) says which bank rows belong to the batch, and :meth:`setup` gives the data
-set's size and labels. Under DDP every rank's embeddings and indices are gathered before the bank
-update, so the banks (and ``Z``) stay identical on every rank.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, List, Literal, Optional
+import warnings
+from typing import Annotated, Dict, List, Literal, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
+from ..engine.distributed import all_gather_cat, broadcast_buffers
 from ..errors import ConfigError, ShapeError
-from ..losses import kd_loss
 from ..projectors import pool_to_vector
-from ._crd_memory import (
-    ContrastMemory,
-    ContrastQueue,
-    NegativeSampler,
-    broadcast_state,
-    check_fraction,
-    check_positive,
-    gather_ranks,
-)
-from .base import DataSetup, Method, register_method
+from .base import DataSetup, Method, Positive, PositiveInt, SampleField, register_method
+from .crd_memory import ContrastMemory, ContrastQueue
+from .crd_sampler import NegativeSampler
 
 SETUP_MESSAGE = ("crd needs the dataset size: the trainer calls setup(); in your own loop call "
                  "distiller.setup(DataSetup(num_samples=len(ds), labels=...))")
+#: the per-sample field that carries a sample's ``[K+1]`` contrast indices
+CONTRAST_INDEX = "contrast_index"
+Momentum = Annotated[float, Field(ge=0, lt=1)]
 
 
 def _float32(x: Tensor):
@@ -70,19 +71,18 @@ class CRD(Method):
     default_student = "@pooled"
     default_teacher = "@pooled"
 
-    def __init__(self, feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07, nce_m: float = 0.5,
-                 mode: Literal["exact", "relax"] = "exact",
+    def __init__(self, feat_dim: PositiveInt = 128, nce_k: PositiveInt = 16384, nce_t: Positive = 0.07,
+                 nce_m: Momentum = 0.5, mode: Literal["exact", "relax"] = "exact",
                  projector: Literal["standard", "inverted"] = "standard",
-                 memory: Literal["bank", "queue"] = "bank", queue_size: int = 16384,
-                 z_mode: Literal["fixed", "running"] = "fixed", z_momentum: float = 0.99,
+                 memory: Literal["bank", "queue"] = "bank", queue_size: PositiveInt = 16384,
+                 z_mode: Literal["fixed", "running"] = "fixed", z_momentum: Momentum = 0.99,
                  impl: Literal["dense", "gather"] = "dense", **sides):
         super().__init__(**sides)
-        check_positive(feat_dim=feat_dim, nce_k=nce_k, nce_t=nce_t, queue_size=queue_size)
-        check_fraction(nce_m=nce_m, z_momentum=z_momentum)
-        self.feat_dim, self.nce_k, self.nce_t, self.nce_m = int(feat_dim), int(nce_k), float(nce_t), float(nce_m)
+        self.feat_dim, self.nce_k, self.nce_t, self.nce_m = feat_dim, nce_k, nce_t, nce_m
         self.mode, self.projector_direction, self.memory_kind = mode, projector, memory
-        self.queue_size, self.z_mode, self.z_momentum, self.impl = int(queue_size), z_mode, float(z_momentum), impl
-        self.sampler = NegativeSampler()
+        self.queue_size, self.z_mode, self.z_momentum, self.impl = queue_size, z_mode, z_momentum, impl
+        self.sampler: Optional[NegativeSampler] = None
+        self.class_of: Optional[Tensor] = None  # class of every training sample (queue masking)
         self._data: Optional[DataSetup] = None
         self._seed: Optional[int] = None
         self._synced = False
@@ -110,11 +110,16 @@ class CRD(Method):
 
     def setup(self, data: DataSetup) -> None:
         self._data = data
-        device = self.memory.Z_s.device if hasattr(self, "memory") else None
-        self.sampler.set_data(data.num_samples, data.labels, device)
-        if self.mode == "relax" and not self.sampler.has_labels:
-            raise ConfigError("crd mode=relax draws a same-class positive and needs the class labels: "
-                              "pass DataSetup(labels=...)")
+        if data.labels is not None:
+            self.class_of = torch.unique(torch.as_tensor(data.labels).long().flatten().cpu(), return_inverse=True)[1]
+        if self.memory_kind == "bank":
+            self.sampler = NegativeSampler(data.num_samples, self.nce_k, data.labels, self.mode)
+            if self.sampler.with_replacement:
+                warnings.warn(f"crd: nce_k={self.nce_k} exceeds the other-class samples of some class "
+                              f"(fewest: {int(self.sampler.pool.min())}); those rows draw negatives with "
+                              "replacement, as the reference does", stacklevel=2)
+        elif self.mode == "relax":
+            raise ConfigError("crd mode=relax needs memory=bank (a queue has no per-sample positive to relax)")
         self._allocate()
 
     def _allocate(self) -> None:
@@ -122,6 +127,9 @@ class CRD(Method):
             return
         if self.memory.n != self._data.num_samples:
             self.memory.allocate(self._data.num_samples, self._generator())
+
+    def sample_fields(self) -> Dict[str, SampleField]:
+        return {CONTRAST_INDEX: self.sampler} if self.sampler is not None else {}
 
     # -- the loss -----------------------------------------------------------------------------
     def embed(self, f_s: Tensor, f_t: Tensor):
@@ -142,7 +150,7 @@ class CRD(Method):
     def _sync_once(self) -> None:
         # identical starting state on every rank, however each rank was seeded (once, at the first step)
         if not self._synced and self.training:
-            broadcast_state(self.memory)
+            broadcast_buffers(self.memory)
             self._synced = True
 
     def forward(self, s, t, batch):
@@ -153,9 +161,18 @@ class CRD(Method):
                 return self._queue_forward(*self.embed(s[0], t[0]), batch)
         if self._data is None or self.memory.n == 0:
             raise ConfigError(SETUP_MESSAGE)
-        index = self._index(batch, s[0].shape[0], required=True)
+        b = s[0].shape[0]
+        index = self._index(batch, b, required=True)
+        contrast_idx = batch.get(CONTRAST_INDEX)
+        if contrast_idx is None:
+            raise ConfigError(f"crd needs batch['{CONTRAST_INDEX}'], its per-sample field: the Distiller adds it "
+                              "(from the data pipeline, or drawn on the spot); called on its own, pass "
+                              "term.sampler.sample(batch['index'])")
+        contrast_idx = torch.as_tensor(contrast_idx).to(index.device).long()
+        if tuple(contrast_idx.shape) != (b, self.nce_k + 1):
+            raise ShapeError(f"crd: batch['{CONTRAST_INDEX}'] is {tuple(contrast_idx.shape)}, expected "
+                             f"[{b}, nce_k + 1 = {self.nce_k + 1}]")
         self._sync_once()
-        contrast_idx = self.sampler.sample(index, self.nce_k, self.mode)
         return self.contrast_loss(s[0], t[0], index, contrast_idx)
 
     def contrast_loss(self, f_s: Tensor, f_t: Tensor, index: Tensor, contrast_idx: Tensor) -> Tensor:
@@ -164,7 +181,7 @@ class CRD(Method):
             v_s, v_t = self.embed(f_s, f_t)
             loss = self.memory.loss(v_s, v_t, contrast_idx, self.impl, train=self.training)
             if self.training:
-                v_s_all, v_t_all, index_all = gather_ranks(v_s.detach(), v_t.detach(), index)
+                v_s_all, v_t_all, index_all = all_gather_cat(v_s.detach(), v_t.detach(), index)
                 self.memory.update(v_s_all, v_t_all, index_all)
         return loss
 
@@ -172,16 +189,15 @@ class CRD(Method):
         b = v_s.shape[0]
         index = self._index(batch, b, required=False)
         label = None
-        if self.sampler.has_labels and index is not None:
-            label = self.sampler.class_of[index]
-        elif isinstance(batch.get("label"), Tensor) and batch["label"].dim() == 1 and batch["label"].shape[0] == b \
-                and not batch["label"].is_floating_point():
-            label = batch["label"].to(v_s.device).long()
+        if self.class_of is not None and index is not None:
+            label = self.class_of.to(index.device)[index]
+        elif self._data is not None and self._data.task == "classification" and isinstance(batch.get("target"), Tensor):
+            label = batch["target"].to(v_s.device).long().flatten()  # the task's target: class indices
         self._sync_once()
         loss = self.memory.loss(v_s, v_t, label, index, train=self.training)
         if self.training:
             extra = [x for x in (label, index) if x is not None]
-            gathered = gather_ranks(v_s.detach(), v_t.detach(), *extra)
+            gathered = all_gather_cat(v_s.detach(), v_t.detach(), *extra)
             g_label = gathered[2] if label is not None else None
             g_index = gathered[-1] if index is not None else None
             self.memory.update(gathered[0], gathered[1], g_label, g_index)
@@ -190,32 +206,3 @@ class CRD(Method):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, nce_k={self.nce_k}, nce_t={self.nce_t}, nce_m={self.nce_m}, mode={self.mode}, "
                 f"projector={self.projector_direction}, memory={self.memory_kind}, z_mode={self.z_mode}, impl={self.impl}")
-
-
-@register_method("crd_kd")
-class CRDKD(CRD):
-    """CRD + KD in one term (REFERENCE.md §2: ``γ·CE + α·KD + β·CRD`` with γ=1, α=1, β=0.8, T=4).
-
-    Reads the pooled feature *and* the logits of each network; the term's loss is
-    ``crd_weight·CRD + kd_weight·KD`` with weight 1 (``crd`` and ``kd`` are logged apart). The same
-    recipe can instead list two terms: ``{method: kd, weight: 1.0}`` and ``{method: crd}``.
-    """
-
-    default_weight = 1.0
-    default_student = ("@pooled", "output")
-    default_teacher = ("@pooled", "output")
-
-    def __init__(self, crd_weight: float = 0.8, kd_weight: float = 1.0, T: float = 4.0, **options):
-        super().__init__(**options)
-        self.crd_weight, self.kd_weight, self.T = float(crd_weight), float(kd_weight), float(T)
-
-    def build(self, s, t):
-        if len(s) != 2 or len(t) != 2:
-            raise ConfigError("crd_kd reads two sides per network, [pooled feature, logits]; "
-                              f"got {len(s)} student and {len(t)} teacher tensors")
-        super().build(s[:1], t[:1])
-
-    def forward(self, s, t, batch):
-        crd = super().forward(s[:1], t[:1], batch)
-        kd = kd_loss(s[1], t[1], self.T)
-        return {"loss": self.crd_weight * crd + self.kd_weight * kd, "crd": crd, "kd": kd}

@@ -1,15 +1,20 @@
 """FitNet — Romero et al. 2015: regress one intermediate feature map (the "hint").
 
-The projector joins the two spaces; ``projector="inverted"`` maps the teacher's hint into the
-student's space instead (Learning to Project), which lets it drop teacher-specific directions.
-With the inverted projector the student's feature is compared untransformed, so the squared-L2
-loss splits exactly into a knowledge-transfer and a spectral-regularisation part (see
-``losses.spectral.inverted_l2_decomposition``); both are logged as ``fitnet/transfer`` and
-``fitnet/spectral`` and sum to the loss.
+The projector joins the two spaces. ``projector="standard"`` is the reference's hint regressor on the
+student's map: 1×1 conv → BN → **ReLU** (RepDistiller's ``ConvReg``; the ReLU makes the regressed map
+non-negative like the post-ReLU teacher hint it is compared with). ``projector="inverted"`` maps the
+teacher's hint into the student's space instead (Learning to Project), which lets it drop
+teacher-specific directions; it stays **linear** (conv-BN, no ReLU): with the student's feature
+compared untransformed and a linear map on the teacher side, the squared-L2 loss splits exactly into
+a knowledge-transfer and a spectral-regularisation part (``losses.spectral.inverted_l2_decomposition``,
+derived for a linear projector); both are logged as ``fitnet/transfer`` and ``fitnet/spectral`` and
+sum to the loss. A ReLU there would break that identity.
 """
 from __future__ import annotations
 
 from typing import Literal
+
+import torch.nn.functional as F
 
 from ..losses import hint_loss, inverted_l2_decomposition
 from ..projectors import Projector
@@ -23,10 +28,13 @@ class FitNet(Method):
     default_teacher = "@stage:1"
 
     def __init__(self, projector: Literal["standard", "inverted", "identity"] = "standard",
-                 projector_kind: Literal["linear", "conv_bn"] = "conv_bn", **sides):
+                 projector_kind: Literal["linear", "conv_bn"] = "conv_bn", regressor_relu: bool = True, **sides):
+        """``regressor_relu``: the reference's ReLU after the standard regressor (ignored by the
+        inverted and identity projectors, which stay linear)."""
         super().__init__(**sides)
         self.projector_direction = projector
         self.projector_kind = projector_kind
+        self.regressor_relu = regressor_relu
 
     def build(self, s, t):
         self.projector = Projector(s[0].shape[1:], t[0].shape[1:], self.projector_direction, self.projector_kind)
@@ -34,6 +42,8 @@ class FitNet(Method):
     def forward(self, s, t, batch):
         z_s, z_t = self.projector(s[0], t[0])
         if self.projector_direction != "inverted":
+            if self.projector_direction == "standard" and self.regressor_relu:
+                z_s = F.relu(z_s)
             return hint_loss(z_s, z_t)
         # MSE = (row-wise squared L2) / d, so each part is divided by d to stay on the MSE scale
         d = z_s.shape[1]

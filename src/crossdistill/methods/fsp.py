@@ -10,11 +10,11 @@ FSP matrices only compare when channel counts agree map by map: where they diffe
 maps the student's map into the teacher's channels (``projector="standard"``) or the teacher's into
 the student's (``"inverted"``); where they agree (resnet32x4 → resnet8x4) there is none.
 
-Phases: like the paper and RepDistiller, FSP is an *initialisation*: the init phase (``init_epochs``,
-30) trains the student's body (every parameter but the classifier) and any projectors on the FSP
-objective, unscaled by the weight; RepDistiller then drops the term (only CE afterwards).
-``in_main=False`` (default) switches the term off in main training; ``in_main=True`` keeps it with weight β
-(default 50, the value in RepDistiller's script, which its code never applies).
+Phases: like the paper and RepDistiller, FSP is an *initialisation* (:class:`InitPhase`): the init
+phase (``init_epochs``, 30) trains the student's body (every parameter but the classifier) and any
+projectors on the FSP objective; RepDistiller then drops the term (only CE afterwards).
+``in_main=False`` (default) switches the term off in main training; ``in_main=True`` keeps it with
+weight β (default 50, the value in RepDistiller's script, which its code never applies).
 """
 from __future__ import annotations
 
@@ -22,11 +22,9 @@ from typing import Literal
 
 import torch.nn as nn
 
-from ..errors import ConfigError
 from ..losses import fsp_loss
 from ..projectors import Projector, match_spatial
-from .ab import body_parameters
-from .base import Method, register_method
+from .base import InitPhase, Method, NonNegativeInt, check_pairs, register_method, student_body_parameters
 
 
 def consecutive_pairs(maps):
@@ -39,12 +37,12 @@ def consecutive_pairs(maps):
 
 
 @register_method("fsp")
-class FSP(Method):
+class FSP(InitPhase, Method):
     default_weight = 50.0
     default_student = ("stem", "@stages")
     default_teacher = ("stem", "@stages")
 
-    def __init__(self, projector: Literal["standard", "inverted"] = "standard", init_epochs: int = 30,
+    def __init__(self, projector: Literal["standard", "inverted"] = "standard", init_epochs: NonNegativeInt = 30,
                  in_main: bool = False, **sides):
         super().__init__(**sides)
         self.projector_direction = projector
@@ -52,9 +50,7 @@ class FSP(Method):
         self.in_main = in_main
 
     def build(self, s, t):
-        if len(s) != len(t) or len(s) < 2 or any(f.dim() != 4 for f in s + t):
-            raise ConfigError(f"fsp: needs the same number (≥ 2) of [B, C, H, W] maps on each side, "
-                              f"got {len(s)} and {len(t)}")
+        check_pairs("fsp", s, t, maps=True, at_least=2)
         direction = [self.projector_direction if fs.shape[1] != ft.shape[1] else "identity" for fs, ft in zip(s, t)]
         self.projectors = nn.ModuleList(Projector(fs.shape[1:], ft.shape[1:], d) for fs, ft, d in zip(s, t, direction))
 
@@ -64,20 +60,12 @@ class FSP(Method):
         t_pairs = consecutive_pairs([zt for _, zt in projected])
         return fsp_loss(s_pairs, t_pairs) * len(s_pairs)
 
-    def active_in(self, phase: str) -> bool:
-        return self.in_main if phase == "main" else phase in self.extra_phases()
-
     def forward(self, s, t, batch):
         return self.flow_loss(s, t)
 
     # -- init phase: the student's body learns the teacher's flow ---------------------------------
-    def extra_phases(self):
-        return {"init": self.init_epochs}
+    def init_loss(self, s, t, batch):
+        return self.flow_loss(s, t)
 
-    def phase_loss(self, phase, s, t, batch):
-        loss = self.flow_loss(s, t)
-        # the Distiller multiplies every phase's loss by `weight`, which is β of the main loss only
-        return loss
-
-    def phase_parameters(self, phase, student):
-        return list(self.projectors.parameters()) + body_parameters(student)
+    def init_parameters(self, student):
+        return list(self.projectors.parameters()) + student_body_parameters(student)

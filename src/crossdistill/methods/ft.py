@@ -15,8 +15,9 @@ Where the learned map sits (``projector``):
   student's channel count and the student's own map is the student factor — the only learned
   map goes teacher → student.
 
-Factors are compared at the student's spatial size. The weight is β of the main loss only: the
-init objective is the plain reconstruction MSE, whatever the weight.
+Factors are compared at the student's spatial size. The init phase is an :class:`InitPhase`; the
+weight is β of the main loss only: the init objective is the plain reconstruction MSE, whatever the
+weight.
 
 Scale: RepDistiller's "factor" is ``normalize(mean_c f²)``, H·W values; here it is the whole
 paraphrased map (``rate · C · H · W`` values, the paper's factor). The mean of ``|u − v|`` over unit
@@ -33,7 +34,7 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..losses import factor_loss, hint_loss
 from ..projectors import match_spatial
-from .base import Method, register_method
+from .base import InitPhase, Method, NonNegativeInt, Positive, register_method
 
 
 def conv_stack(widths: Sequence[int], bn: bool = False, transposed: bool = False) -> nn.Sequential:
@@ -56,13 +57,13 @@ class Paraphraser(nn.Module):
 
 
 @register_method("ft")
-class FT(Method):
+class FT(InitPhase, Method):
     default_weight = 200.0
     default_student = "@stage:-1"
     default_teacher = "@stage:-1"
 
-    def __init__(self, projector: Literal["standard", "inverted"] = "standard", rate: float = 0.5,
-                 init_epochs: int = 30, **sides):
+    def __init__(self, projector: Literal["standard", "inverted"] = "standard", rate: Positive = 0.5,
+                 init_epochs: NonNegativeInt = 30, **sides):
         super().__init__(**sides)
         self.projector_direction = projector
         self.rate = rate
@@ -87,13 +88,8 @@ class FT(Method):
         return factor_loss(factor_s, match_spatial(factor_t, factor_s.shape[-2:]), p=1, reduction="mean")
 
     # -- init phase: the paraphraser as an autoencoder of the teacher's map ----------------------
-    def extra_phases(self):
-        return {"init": self.init_epochs}
+    def init_loss(self, s, t, batch):
+        return hint_loss(self.paraphraser(t[0]), t[0])
 
-    def phase_loss(self, phase, s, t, batch):
-        reconstruction = hint_loss(self.paraphraser(t[0]), t[0])
-        # the Distiller multiplies every phase's loss by `weight`, which is β of the main loss only
-        return reconstruction
-
-    def phase_parameters(self, phase, student):
+    def init_parameters(self, student):
         return self.paraphraser.parameters()

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from ..losses import kd_loss
-from .base import Method, register_method
+from .base import Method, Positive, register_method
 
 
 @register_method("kd")
 class KD(Method):
     default_weight = 0.9  # RepDistiller: γ=0.1 (set task_weight) , α=0.9
 
-    def __init__(self, T: float = 4.0, **sides):
+    def __init__(self, T: Positive = 4.0, **sides):
         super().__init__(**sides)
         self.T = T
 

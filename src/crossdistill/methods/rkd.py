@@ -6,7 +6,7 @@ Reads the pooled feature. The loss is ``w_dist · distance + w_angle · angle`` 
 from __future__ import annotations
 
 from ..losses import rkd_angle_loss, rkd_distance_loss
-from .base import Method, register_method
+from .base import Method, NonNegative, register_method
 
 
 @register_method("rkd")
@@ -15,7 +15,7 @@ class RKD(Method):
     default_student = "@pooled"
     default_teacher = "@pooled"
 
-    def __init__(self, w_dist: float = 25.0, w_angle: float = 50.0, **sides):
+    def __init__(self, w_dist: NonNegative = 25.0, w_angle: NonNegative = 50.0, **sides):
         super().__init__(**sides)
         self.w_dist = w_dist
         self.w_angle = w_angle

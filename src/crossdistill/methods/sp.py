@@ -6,11 +6,8 @@ several tapped layers give the sum of their losses (RepDistiller's ``sum(loss_gr
 """
 from __future__ import annotations
 
-import torch
-
-from ..errors import ConfigError
 from ..losses import sp_loss
-from .base import Method, register_method
+from .base import Method, check_pairs, register_method, sum_over_pairs
 
 
 @register_method("sp")
@@ -20,8 +17,7 @@ class SP(Method):
     default_teacher = "@stage:-1"
 
     def build(self, s, t):
-        if len(s) != len(t):
-            raise ConfigError(f"sp: {len(s)} student layers but {len(t)} teacher layers; tap as many on each side")
+        check_pairs("sp", s, t)
 
     def forward(self, s, t, batch):
-        return torch.stack([sp_loss(fs, ft) for fs, ft in zip(s, t)]).sum()
+        return sum_over_pairs(sp_loss, s, t)

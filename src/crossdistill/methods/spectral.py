@@ -24,13 +24,14 @@ eigendecomposition with its backward; ``solver="exact"`` uses the eigenvalues
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 from ..losses import spectral_energy, spectral_tail_energy, spectral_tail_ratio
 from ..losses.spectral import feature_rows
-from .base import Method, register_method
+from .base import Method, PositiveInt, register_method
 
 
 @register_method("spectral")
@@ -41,8 +42,8 @@ class SpectralRegulariser(Method):
     default_teacher = ()
 
     def __init__(self, kind: Literal["tail_energy", "tail_ratio", "energy"] = "tail_energy",
-                 k_frac: float = 0.5, max_rows: int = 512, solver: Literal["subspace", "exact"] = "subspace",
-                 iters: int = 1, **sides):
+                 k_frac: Annotated[float, Field(gt=0, le=1)] = 0.5, max_rows: PositiveInt = 512,
+                 solver: Literal["subspace", "exact"] = "subspace", iters: PositiveInt = 1, **sides):
         super().__init__(**sides)
         self.kind, self.k_frac, self.max_rows, self.solver, self.iters = kind, k_frac, max_rows, solver, iters
 

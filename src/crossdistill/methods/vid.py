@@ -24,7 +24,7 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..losses import vid_loss
 from ..projectors import match_spatial
-from .base import Method, register_method
+from .base import Method, Positive, check_pairs, register_method
 
 
 def regressor(c_in: int, c_out: int) -> nn.Sequential:
@@ -40,16 +40,17 @@ class VID(Method):
     default_student = "@stages"
     default_teacher = "@stages"
 
-    def __init__(self, projector: Literal["standard", "inverted"] = "standard", init_variance: float = 5.0,
-                 eps: float = 1e-5, **sides):
+    def __init__(self, projector: Literal["standard", "inverted"] = "standard", init_variance: Positive = 5.0,
+                 eps: Positive = 1e-5, **sides):
         super().__init__(**sides)
+        if init_variance <= eps:
+            raise ConfigError(f"vid: init_variance={init_variance} must exceed eps={eps} (σ² = softplus(·) + eps)")
         self.projector_direction = projector
         self.init_variance = init_variance
         self.eps = eps
 
     def build(self, s, t):
-        if len(s) != len(t) or any(f.dim() != 4 for f in s + t):
-            raise ConfigError(f"vid: needs as many [B, C, H, W] maps on each side, got {len(s)} and {len(t)}")
+        check_pairs("vid", s, t, maps=True)
         inverted = self.projector_direction == "inverted"
         pairs = [(ft.shape[1], fs.shape[1]) if inverted else (fs.shape[1], ft.shape[1]) for fs, ft in zip(s, t)]
         self.regressors = nn.ModuleList(regressor(c_in, c_out) for c_in, c_out in pairs)

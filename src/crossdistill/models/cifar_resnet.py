@@ -93,6 +93,8 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(channels[3], num_classes)
 
         self.feature_layers: tuple[str, ...] = ("layer1", "layer2", "layer3")
+        # the pre-ReLU sum of each stage's last block — the input of its final ReLU (RepDistiller's preact)
+        self.preact_layers: tuple[str, ...] = tuple(f"layer{i}.{n - 1}.relu2:input" for i in (1, 2, 3))
         self.pooled_layer = "pool"
         self.classifier = "fc"
         init_weights(self)

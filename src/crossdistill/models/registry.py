@@ -4,6 +4,9 @@ Every model returns its task output from ``forward`` (logits ``[B, K]`` or a den
 ``[B, K, H, W]``) and exposes, as plain attributes, the module paths that distillers tap:
 
 - ``feature_layers``: the stage outputs, shallow to deep (e.g. ``("layer1", "layer2", "layer3")``)
+- ``preact_layers`` (optional): the pre-activation map of each stage as a side — a module path,
+  or a path with ``:input`` for a module's input (e.g. the pre-ReLU sum of a residual block); AB
+  reads these (alias ``@preacts``), and models without it fall back to ``feature_layers``
 - ``pooled_layer``: the module whose output is the pooled penultimate vector ``[B, D]``
   (absent on dense models, where methods pool a stage output themselves)
 """

@@ -63,6 +63,9 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(widths[3], num_classes)
 
         self.feature_layers: tuple[str, ...] = ("layer1", "layer2", "layer3")
+        # RepDistiller's pre-activation maps: each stage output through the BN that opens the next block
+        # (layer2.0.bn1, layer3.0.bn1), and the last one through the closing BN
+        self.preact_layers: tuple[str, ...] = ("layer2.0.bn1", "layer3.0.bn1", "bn_relu.0")
         self.pooled_layer = "pool"
         self.classifier = "fc"
         init_weights(self)

@@ -53,15 +53,14 @@ def expected_input_channels(model: nn.Module) -> Optional[int]:
     return None
 
 
-def check_input_channels(model: nn.Module, x: Tensor, role: str) -> None:
+def check_input_channels(model: nn.Module, x: Tensor, role: str, view_key: str = "an input view") -> None:
     want = expected_input_channels(model)
     if want is not None and x.dim() >= 2 and int(x.shape[1]) != want:
         from .taps import unwrap
 
         raise ShapeError(f"{role} ({type(unwrap(model)).__name__}) reads {want} input channel(s) but is given "
                          f"{int(x.shape[1])} (input {tuple(x.shape)}); give it data with {want} channel(s) or an "
-                         "input view that makes them (teachers.NAME.input / distill.student_input in a config, "
-                         "input_transforms= in Python)")
+                         f"input view that makes them ({view_key}=... in a config, input_transforms= in Python)")
 
 
 def check_student_output(student: nn.Module, task, batch: Mapping[str, Tensor], name: str) -> None:

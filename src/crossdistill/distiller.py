@@ -186,9 +186,9 @@ class Distiller(nn.Module):
             term.on_epoch_start(epoch, num_epochs)
 
     def _check_channels(self, x: Tensor) -> None:
-        check_input_channels(self.student, self._view("student", x), "the student")
+        check_input_channels(self.student, self._view("student", x), "the student", "distill.student_input")
         for name, teacher in self.teachers.items():
-            check_input_channels(teacher, self._view(name, x), f"teacher '{name}'")
+            check_input_channels(teacher, self._view(name, x), f"teacher '{name}'", f"teachers.{name}.input")
 
     # -- forward ----------------------------------------------------------------------------
     def _view(self, who: str, x: Tensor) -> Tensor:

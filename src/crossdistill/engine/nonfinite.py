@@ -59,7 +59,8 @@ class NonFiniteGuard:
         return False
 
     def skipped_record(self) -> Dict[str, Tensor]:
-        return {"loss": torch.tensor(float("nan")), "skipped": torch.tensor(float(self.skipped))}
+        return {"loss": torch.tensor(float("nan"), device=self.device),
+                "skipped": torch.tensor(float(self.skipped), device=self.device)}
 
     def check_weights(self, state: Mapping[str, Tensor], step: int) -> None:
         bad = non_finite(state)

@@ -29,6 +29,7 @@ from ..distiller import MAIN
 from ..errors import CheckpointError, ConfigError, Interrupted
 from .checkpoint import FORMAT, VERSION, atomic_save, atomic_write_text
 from .device import Precision, pick_channels_last, pick_precision, to_device
+from .distributed import wrap_ddp
 from .evaluate import eval_loader, evaluate
 from .export import export_student
 from .logging import MetricLog
@@ -218,14 +219,14 @@ class Trainer:
                 self.log.close()
                 return done
         else:
-            seed_everything(self.cfg.seed)
+            # each rank its own random streams (dropout masks, a method's random draws); rank 0's are a
+            # 1-process run's. The networks were built before, from cfg.seed alone: identical on every rank.
+            seed_everything(self.cfg.seed + self.rank)
             self.log.truncate_after(-1)  # a run that never saved a checkpoint starts its log afresh
         if self.is_main:
             write_config(self.out, dump_config(self.cfg))
         if self.world > 1:
-            self._ddp = torch.nn.parallel.DistributedDataParallel(
-                self.distiller, broadcast_buffers=False, find_unused_parameters=True,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self._ddp = wrap_ddp(self.distiller, self.device)
         try:
             while self.pos.phase < len(self.phases):
                 phase, epochs = self.phases[self.pos.phase]
@@ -288,7 +289,7 @@ class Trainer:
                 if self.pos.global_step % self.tc.log_every == 0 or self.pos.step == n_batches:
                     # the only place loss values leave the device: on logging steps, not every step
                     self._check_finite()
-                    record = {k: float(v) for k, v in parts.items()}
+                    record = self._logged(parts)
                     if bar is not None:
                         bar.set_postfix(loss=f"{record['loss']:.4f}")
                     self.log.write({"step": self.pos.global_step, "phase": phase, "lr": lr,
@@ -316,6 +317,14 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return parts
+
+    def _logged(self, parts: Dict[str, Tensor]) -> Dict[str, float]:
+        """Loss parts as floats, averaged over the ranks (each rank's loss is its shard's mean)."""
+        values = torch.stack([v.detach().float().reshape(()) for v in parts.values()])
+        if self.world > 1:
+            dist.all_reduce(values)
+            values /= self.world
+        return dict(zip(parts, values.tolist()))
 
     def _check_finite(self) -> None:
         self.guard.check(self.distiller.state_dict(), self.pos.global_step)
@@ -348,4 +357,6 @@ class Trainer:
             # student first, summary last: a summary.json means the run is complete
             export_student(self.out / STUDENT, self.distiller.student, self.run.model_spec, last, evaluation)
             atomic_write_text(json.dumps(summary, indent=2), self.out / SUMMARY)
+        if self.world > 1:
+            dist.barrier()  # fit() returns on every rank once the run's files exist
         return summary

@@ -87,8 +87,9 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any],
         if isinstance(e, OSError):
             hint = "free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else \
                 "check the output_dir permissions"
-            raise CheckpointError(f"could not write '{path}' ({e.strerror or e}); {hint} and resume with --resume "
-                                  "(the previous checkpoint is intact)") from None
+            kept = f"the previous {path.name} is intact" if path.exists() else "nothing was half-written"
+            raise CheckpointError(f"could not write '{path}' ({e.strerror or e}); {hint}, then continue with "
+                                  f"--resume ({kept})") from None
         raise
     return path
 

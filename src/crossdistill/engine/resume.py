@@ -84,11 +84,9 @@ def check_same_data(ckpt: Dict[str, Any], now: Dict[str, Any], path: Path) -> No
 
 
 def _raw(dataset):
-    """The dataset under the package's own wrappers (index field, seeded augmentation)."""
-    from ..data import IndexedDataset
-    from ..data.seeded import AugmentedDataset
-
-    while isinstance(dataset, (IndexedDataset, AugmentedDataset)):
+    """The dataset under every wrapper (index field, seeded augmentation, per-sample fields, subsets):
+    the files' content, whatever is computed from it."""
+    while getattr(dataset, "dataset", None) is not None:
         dataset = dataset.dataset
     return dataset
 

@@ -202,8 +202,9 @@ class Trainer:
         try:
             return self._fit()
         except KeyboardInterrupt:
-            kept = (f"the last checkpoint (step {self.saved_step}) is intact in '{self.out / CHECKPOINT}': resume "
-                    "with --resume" if self.saved_step is not None else
+            # the folder, not saved_step: Ctrl-C may land between a save's rename and its bookkeeping
+            kept = (f"the last checkpoint in '{self.out / CHECKPOINT}' is intact: resume with --resume"
+                    if (self.out / CHECKPOINT).exists() else
                     "no checkpoint had been written yet: run the same command again to start afresh")
             raise Interrupted(f"stopped at step {self.pos.global_step}; {kept}") from None
         finally:

@@ -147,10 +147,28 @@ CASES = [
 CASE_IDS = [c[0] for c in CASES]
 
 
+#: checked by the methods' own option ranges (issue 14.3: ``T: Positive``, ``weight: NonNegative``)
+NEEDS_OPTION_RANGES = {"kd-T-zero", "kd-T-negative", "negative-weight"}
+
+
+def _option_ranges_checked() -> bool:
+    from crossdistill.config import validate_options
+    from crossdistill.errors import ConfigError
+    from crossdistill.methods import METHODS
+
+    try:
+        validate_options(METHODS.get("kd"), {"T": 0}, "kd")
+    except ConfigError:
+        return True
+    return False
+
+
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_cli_case(world, case):
     d, results = world
     name, _, expected, rc, absent = case
+    if name in NEEDS_OPTION_RANGES and not _option_ranges_checked():
+        pytest.skip("method option ranges arrive with the methods' branch (Method options checked by pydantic)")
     line = one_error_line(results[name], expected, rc)
     assert "Traceback" not in results[name].stderr
     if absent:

@@ -103,7 +103,7 @@ CASES = [
     ("wrong-type-int", "train {b} train.epochs=many", "train.epochs"),
     ("wrong-type-term-option", "train {b} distill.terms.0.T=hot", "bad value for 'T'"),
     ("wrong-type-section", "train {b} teachers=[1,2]", "valid dictionary"),
-    ("negative-epochs", "train {b} train.epochs=-1", "greater than or equal to 0"),
+    ("negative-epochs", "train {b} train.epochs=-1", "greater than 0"),
     ("zero-lr", "train {b} train.optimizer.lr=0", "train.optimizer.lr"),
     ("negative-lr", "train {b} train.optimizer.lr=-0.1", "greater than 0"),
     ("infinite-lr", "train {b} train.optimizer.lr=.inf", "finite number"),
@@ -273,7 +273,7 @@ def test_disk_full_keeps_the_previous_checkpoint(files, tmp_path, monkeypatch, c
     rc = cli.main(["train", str(files / "base.yaml"), f"output_dir={out}", "train.max_steps_per_epoch=4",
                    "train.checkpoint_every_steps=1"])
     line = assert_one_error_line(rc, capsys.readouterr().err, "No space left on device")
-    assert "free some disk space" in line and "previous checkpoint is intact" in line
+    assert "free some disk space" in line and "previous checkpoint.pt is intact" in line
     monkeypatch.setattr(ckpt_mod.torch, "save", real_save)
     assert load_checkpoint(out / "checkpoint.pt")["position"]["global_step"] == 2
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))

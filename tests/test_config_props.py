@@ -138,7 +138,7 @@ valid_configs = st.fixed_dictionaries({
                                    "options": st.dictionaries(segment, scalars, max_size=3)}),
     "student": st.fixed_dictionaries({"name": st.sampled_from(["resnet8", "resnet20", "wrn_16_2"])}),
     "train": st.fixed_dictionaries({
-        "epochs": st.integers(0, 300),
+        "epochs": st.integers(1, 300),
         "optimizer": st.fixed_dictionaries({"lr": st.floats(1e-6, 10), "name": st.sampled_from(["sgd", "adamw"])}),
         "schedule": st.fixed_dictionaries({"milestones": st.lists(st.integers(0, 300), max_size=3)}),
         "checkpoint_every_steps": st.one_of(st.none(), st.integers(1, 1000)),

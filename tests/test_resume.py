@@ -213,7 +213,7 @@ train: {{epochs: 2, device: cpu, precision: fp32, checkpoint_every_steps: 1, log
 
 def _nan_step(index: int, seed: int = 0, n: int = 64, bs: int = 16) -> int:
     """The 1-based global step whose batch holds sample ``index`` in epoch 0."""
-    from crossdistill.engine.trainer import EpochSampler
+    from crossdistill.engine.sampler import EpochSampler
 
     order = list(EpochSampler(n, seed))
     return order.index(index) // bs + 1

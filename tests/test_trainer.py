@@ -3,7 +3,7 @@ import math
 
 from crossdistill.config import ScheduleConfig
 from crossdistill.engine.schedule import lr_factor
-from crossdistill.engine.trainer import EpochSampler
+from crossdistill.engine.sampler import EpochSampler
 
 
 def test_multistep_and_cosine_factors():

@@ -13,15 +13,16 @@ from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
-from .config import Config, TeacherConfig
+from .checks import check_student_output
+from .config import Config, DataConfig, TeacherConfig, recipe_writing
 from .data import IndexedDataset, create_dataset
 from .data.transforms import build_eval_transform, build_train_transform
 from .data.seeded import AugmentedDataset, SampleFieldsDataset
 from .distiller import Distiller
 from .engine.checkpoint import load_checkpoint, load_into, load_state_dict_file, student_state
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .methods import DataSetup, build_method
 from .models import create_model
 from .tasks import Task, create_task
@@ -47,14 +48,25 @@ def _dataset(name: str, split: str, root: Optional[str], options_json: str) -> D
 
 def build_data(cfg: Config):
     d = cfg.data
-    key = json.dumps(d.options, sort_keys=True)
-    root = os.path.expanduser(d.root) if d.root else None
-    train = _dataset(d.name, "train", root, key)
-    test = _dataset(d.name, "test", root, key)
+    train = _dataset(d.name, "train", d.root, json.dumps(d.options, sort_keys=True))
     info = train.info
     train = IndexedDataset(AugmentedDataset(train, build_train_transform(info, d.augment), seed=cfg.seed))
-    test = IndexedDataset(AugmentedDataset(test, build_eval_transform(info), seed=cfg.seed))
-    return train, test, info
+    return train, build_test_set(d, cfg.seed), info
+
+
+def build_test_set(d: DataConfig, seed: int = 0) -> Dataset:
+    """The test split as training evaluates it and as ``crossdistill eval`` does (one way for both)."""
+    test = _dataset(d.name, "test", d.root, json.dumps(d.options, sort_keys=True))
+    return IndexedDataset(AugmentedDataset(test, build_eval_transform(test.info), seed=seed))
+
+
+def check_exists(path: str, what: str) -> None:
+    """A checkpoint a config reads must exist; if a built-in recipe makes it, say which."""
+    if os.path.exists(path):
+        return
+    recipe = recipe_writing(path)
+    fix = f"train it first: crossdistill train {recipe}" if recipe else "check the path (or train that run first)"
+    raise CheckpointError(f"{what} checkpoint '{path}' does not exist; {fix}")
 
 
 def task_classes(task_name: str, info) -> Optional[int]:
@@ -85,7 +97,12 @@ def build_teacher(name: str, t: TeacherConfig, in_channels: int, allow_imports: 
     if t.input != "identity":
         in_channels = VIEW_CHANNELS[t.input]
     if t.checkpoint:
+        check_exists(t.checkpoint, f"{where}")
         ckpt = load_checkpoint(t.checkpoint)
+        has = ckpt["model_spec"]["num_classes"]
+        if t.num_classes is not None and t.num_classes != has:
+            raise ConfigError(f"{where}.num_classes is {t.num_classes} but the teacher in '{t.checkpoint}' has {has} "
+                              f"outputs; remove {where}.num_classes (the checkpoint gives it)")
         model = model_from_spec(ckpt["model_spec"])
         load_into(model, student_state(ckpt), f"teacher '{name}'", t.checkpoint)
         return model
@@ -103,8 +120,8 @@ def build_teacher(name: str, t: TeacherConfig, in_channels: int, allow_imports: 
     else:
         raise ConfigError(f"{where} needs one of: checkpoint, model (+ weights or random_init: true), import_path")
     if t.weights:
-        weights = os.path.expanduser(t.weights)
-        load_into(model, load_state_dict_file(weights), f"teacher '{name}'", weights)
+        check_exists(t.weights, f"{where}.weights")
+        load_into(model, load_state_dict_file(t.weights), f"teacher '{name}'", t.weights)
     elif not t.random_init and not t.checkpoint:
         raise ConfigError(f"{where} has no weights: give weights: FILE, a checkpoint, or random_init: true for a random teacher")
     return model
@@ -129,6 +146,7 @@ def build_student(cfg: Config, task: Task, in_channels: int) -> tuple[nn.Module,
     spec["student_input"] = cfg.distill.student_input
     model = model_from_spec(spec)
     if cfg.student.checkpoint:
+        check_exists(cfg.student.checkpoint, "student")
         load_into(model, load_state_dict_file(cfg.student.checkpoint), "student", cfg.student.checkpoint)
     return model, spec
 
@@ -147,6 +165,10 @@ def build_run(cfg: Config, allow_imports: bool = False) -> Run:
         example = train[0]["input"].unsqueeze(0).repeat(2, 1, 1, 1)
         distiller = Distiller(student, teachers, terms, task=task, task_weight=cfg.distill.task_weight,
                               example_input=example, input_transforms=views)
+        batch = default_collate([train[0], train[min(1, len(train) - 1)]])
+        view = views.get("student")
+        check_student_output(student, task, {**batch, "input": view(batch["input"]) if view else batch["input"]},
+                             cfg.student.name)
     labels = getattr(train, "labels", None)
     distiller.setup(DataSetup(num_samples=len(train), num_classes=info.num_classes, labels=labels))
     train = with_sample_fields(train, distiller, cfg.seed)

@@ -10,14 +10,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .errors import ConfigError, CrossDistillError
-
-RECIPES = Path(__file__).parent / "configs"
+from .config import RECIPES, list_configs
+from .errors import ConfigError, CrossDistillError, worker_error_line
 
 
 def find_config(name: str) -> Path:
     """A YAML path, or a built-in recipe name such as ``quickstart/kd``."""
-    p = Path(name)
+    p = Path(name).expanduser()
     if p.is_file():
         return p
     for cand in (RECIPES / name, RECIPES / f"{name}.yaml"):
@@ -26,34 +25,34 @@ def find_config(name: str) -> Path:
     raise ConfigError(f"config '{name}' is neither a file nor a built-in recipe; `crossdistill list configs` shows them")
 
 
-def list_configs() -> List[str]:
-    # files starting with "_" are shared bases, not runnable recipes
-    return sorted(str(p.relative_to(RECIPES).with_suffix("")) for p in RECIPES.rglob("*.yaml") if not p.name.startswith("_"))
-
-
 def cmd_train(args) -> int:
     from .build import build_run
     from .config import load_config
-    from .engine.distributed import distributed
+    from .engine.distributed import distributed, world_info
     from .engine.trainer import Trainer
 
     cfg = load_config(find_config(args.config), args.overrides)
     with distributed():
         run = build_run(cfg, allow_imports=args.allow_imports)
         summary = Trainer(run, resume=args.resume).fit()
+        rank, _ = world_info()
     best, last = summary["best"], summary["last"]
     m = summary["primary_metric"]
-    if last:
+    if last and rank == 0:
         print(f"done: {m} last {last[m]:.4f} (epoch {last['epoch']}), best {best[m]:.4f} (epoch {best['epoch']}); "
               f"student saved to {summary['student']}")
     return 0
 
 
 def cmd_eval(args) -> int:
+    from .engine.distributed import distributed, world_info
     from .engine.evaluate import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, args.overrides)
-    print(json.dumps(result, indent=2) if args.json else "  ".join(f"{k}={v:.4f}" for k, v in result.items()))
+    with distributed():
+        result = evaluate_checkpoint(args.checkpoint, args.overrides, precision=args.precision, device=args.device)
+        rank, _ = world_info()
+    if rank == 0:
+        print(json.dumps(result, indent=2) if args.json else "  ".join(f"{k}={v:.4f}" for k, v in result.items()))
     return 0
 
 
@@ -142,6 +141,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("overrides", nargs="*", default=[], help="data.key=value to evaluate on other data")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--precision", choices=["fp32", "auto", "bf16", "fp16"], default="fp32",
+                   help="autocast precision (default fp32, as training evaluates unless train.eval_precision is set)")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     e.set_defaults(fn=cmd_eval)
 
     ls = sub.add_parser("list", help="list methods, models, datasets, tasks, configs, or a model's layers")
@@ -187,7 +189,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.fn(args)
     except CrossDistillError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # an error raised in a DataLoader worker arrives wrapped in the worker's traceback: unwrap it
+        print(f"{e.prefix}: {worker_error_line(e)}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # output piped into `head` and the like: nothing went wrong
         sys.stderr.close()
@@ -197,8 +200,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e.strerror or e}{where}; check free disk space and permissions (a training run's last "
               "checkpoint is intact: resume it with --resume)", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is intact; resume with --resume", file=sys.stderr)
+    except KeyboardInterrupt:  # a training loop says itself what it kept (errors.Interrupted)
+        print("interrupted before training started; nothing to resume" if args.command == "train" else
+              "interrupted", file=sys.stderr)
         return 130
 
 

@@ -12,10 +12,10 @@ import copy
 import inspect
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence
+from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import ConfigError, did_you_mean
 
@@ -25,9 +25,25 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+def _expand_user(path: str) -> str:
+    return os.path.expanduser(path)
+
+
+def _output_dir(path: str) -> str:
+    if not path.strip():
+        raise ValueError("an empty output_dir would write into the current folder; give a folder name, "
+                         "e.g. output_dir=runs/my-run")
+    return _expand_user(path)
+
+
+#: A path read from a config: ``~`` is expanded (once, here, for every reader).
+UserPath = Annotated[str, AfterValidator(_expand_user)]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
 class DataConfig(Strict):
     name: str = "shapes"
-    root: Optional[str] = None
+    root: Optional[UserPath] = None
     options: Dict[str, Any] = Field(default_factory=dict)  # dataset-specific, checked by the dataset
     augment: Literal["crop_flip", "resized_crop_flip", "none"] = "crop_flip"
     batch_size: int = Field(64, gt=0)
@@ -38,7 +54,7 @@ class DataConfig(Strict):
 class ModelConfig(Strict):
     name: str
     options: Dict[str, Any] = Field(default_factory=dict)
-    checkpoint: Optional[str] = None  # a crossdistill checkpoint or a plain state-dict file
+    checkpoint: Optional[UserPath] = None  # a crossdistill checkpoint or a plain state-dict file
 
 
 class TeacherConfig(Strict):
@@ -46,11 +62,11 @@ class TeacherConfig(Strict):
     from a state-dict file, a randomly initialised network fixed by ``seed``, or — only with the
     CLI's ``--allow-imports`` — a class given by import path ``package.module:Class``."""
 
-    checkpoint: Optional[str] = None
+    checkpoint: Optional[UserPath] = None
     model: Optional[str] = None
     options: Dict[str, Any] = Field(default_factory=dict)
     num_classes: Optional[int] = Field(None, gt=0)  # output size of the teacher's own head
-    weights: Optional[str] = None
+    weights: Optional[UserPath] = None
     random_init: bool = False
     seed: int = 0
     import_path: Optional[str] = None
@@ -63,7 +79,7 @@ class TermConfig(BaseModel):
 
 
 class DistillConfig(Strict):
-    task_weight: float = 1.0
+    task_weight: float = Field(1.0, ge=0)
     terms: List[TermConfig] = Field(default_factory=list)
     student_input: Literal["identity", "luminance", "chroma", "grayscale3"] = "identity"
 
@@ -84,13 +100,15 @@ class ScheduleConfig(Strict):
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(240, ge=0)
+    epochs: int = Field(240, gt=0)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     # learning rate of a method-declared extra phase, by phase name (e.g. {init: 0.01}); default optimizer.lr
     phase_lr: Dict[str, float] = Field(default_factory=dict)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
+    # evaluation precision: fp32 unless asked, so `crossdistill eval student.pt` measures what training reported
+    eval_precision: Precision = "fp32"
     channels_last: Optional[bool] = None  # None = the measured default for the device
     compile: bool = False
     grad_clip: Optional[float] = Field(None, gt=0)
@@ -108,7 +126,7 @@ class TrainConfig(Strict):
 class Config(Strict):
     name: str = "run"
     seed: int = 0
-    output_dir: str = "runs/run"
+    output_dir: Annotated[str, AfterValidator(_output_dir)] = "runs/run"
     task: str = "classification"
     data: DataConfig = Field(default_factory=DataConfig)
     student: ModelConfig
@@ -135,7 +153,8 @@ def _format_error(err: ValidationError, model: Optional[type[BaseModel]] = None,
         return f"config key '{loc}' is required"
     shown = repr(e.get("input"))
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    return f"bad value for config key '{loc}' ({shown}): {e['msg']}"
+    msg = str(e["ctx"]["error"]) if e["type"] == "value_error" and "error" in e.get("ctx", {}) else e["msg"]
+    return f"bad value for config key '{loc}' ({shown}): {msg}"
 
 
 def _schema_at(model: type[BaseModel], loc: Sequence[Any]) -> Optional[type[BaseModel]]:
@@ -278,8 +297,29 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         cfg = Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_error(e)) from None
+    check_teachers(cfg)
     check_terms(cfg)
     return cfg
+
+
+#: A teacher is given one way; a checkpoint records its own model, classes and weights.
+_TEACHER_SOURCES = ("checkpoint", "model", "import_path")
+_CHECKPOINT_IGNORES = ("model", "import_path", "weights", "options")  # num_classes is checked against it
+
+
+def check_teachers(cfg: Config) -> None:
+    """Keys that would be silently ignored are refused: the user meant something by them."""
+    for name, t in cfg.teachers.items():
+        given = [k for k in _TEACHER_SOURCES if getattr(t, k) is not None]
+        where = f"teachers.{name}"
+        if t.checkpoint is not None:
+            ignored = [k for k in _CHECKPOINT_IGNORES if getattr(t, k) not in (None, {})]
+            if ignored:
+                raise ConfigError(f"{where} gives both checkpoint and {ignored[0]}; a checkpoint brings its own model, "
+                                  f"classes and weights, so {ignored[0]} would be ignored: remove one of them")
+        elif len(given) > 1:
+            raise ConfigError(f"{where} gives both {given[0]} and {given[1]}; a teacher comes from one of "
+                              "checkpoint, model or import_path: remove the other")
 
 
 def check_terms(cfg: Config) -> None:
@@ -340,6 +380,28 @@ def validate_options(cls: type, options: Mapping[str, Any], where: str) -> Dict[
             raise ConfigError(f"{where}: option '{key}' is required") from None
         raise ConfigError(f"{where}: bad value for '{key}' ({e.get('input')!r}): {e['msg']}") from None
     return {k: getattr(parsed, k) for k in options}
+
+
+#: The built-in recipes (``crossdistill list configs``); files starting with "_" are shared bases.
+RECIPES = Path(__file__).parent / "configs"
+
+
+def list_configs() -> List[str]:
+    return sorted(str(p.relative_to(RECIPES).with_suffix("")) for p in RECIPES.rglob("*.yaml") if not p.name.startswith("_"))
+
+
+def recipe_writing(path: str | os.PathLike) -> Optional[str]:
+    """The built-in recipe whose run exports ``path`` (its ``output_dir/student.pt``), if any: what to
+    run when a config needs a teacher that was never trained."""
+    target = Path(os.path.expanduser(path)).resolve()
+    for name in list_configs():
+        try:
+            out = read_yaml(RECIPES / f"{name}.yaml").get("output_dir", Config.model_fields["output_dir"].default)
+        except ConfigError:
+            continue
+        if isinstance(out, str) and (Path(os.path.expanduser(out)) / "student.pt").resolve() == target:
+            return name
+    return None
 
 
 def dump_config(cfg: Config) -> str:

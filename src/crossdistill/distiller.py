@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .errors import ConfigError, ShapeError
+from .checks import check_input_channels, check_module, check_terms, check_weight
+from .errors import ConfigError, NotBuiltError, ShapeError
 from .methods.base import TARGET, DataSetup, Method, SampleField, as_list, split_loss
 from .taps import INPUT_SUFFIX, OUTPUT, FeatureTap, StudentEdits, split_path, unwrap
 
@@ -93,18 +94,22 @@ class Distiller(nn.Module):
         input_transforms: Optional[Mapping[str, Callable[[Tensor], Tensor]]] = None,
     ):
         super().__init__()
-        self.student = student
+        self.student = check_module(student, "student")
         if teachers is None:
             teachers = {}
         elif isinstance(teachers, nn.Module):
             teachers = {"default": teachers}
+        elif not isinstance(teachers, Mapping):
+            check_module(teachers, "teachers")
+        teachers = {n: check_module(t, f"teachers['{n}']") for n, t in teachers.items()}
+        terms = check_terms(terms)
         self.teachers = nn.ModuleDict(dict(teachers))
         for t in self.teachers.values():
             t.requires_grad_(False)
             t.eval()
         self.terms = nn.ModuleList(terms)
         self.task = task
-        self.task_weight = float(task_weight)
+        self.task_weight = check_weight(task_weight, "task_weight")
         # per-network input views (cross-modal transfer): keys "student" or a teacher name
         self.input_transforms = dict(input_transforms or {})
         self.phase = MAIN
@@ -160,10 +165,13 @@ class Distiller(nn.Module):
     @torch.no_grad()
     def build(self, example_input: Tensor) -> "Distiller":
         """One dry run (eval mode, no grad) to infer shapes and create the projectors."""
+        if not isinstance(example_input, Tensor):
+            raise ConfigError(f"example_input must be a tensor batch [B, C, H, W], not {type(example_input).__name__}")
         was_training = self.student.training
         self.student.eval()
         try:
             x = example_input[:2] if example_input.shape[0] > 2 else example_input
+            self._check_channels(x)
             s_feats, t_feats = self._forward_networks(x, [True] * len(self.terms))
             for i, term in enumerate(self.terms):
                 s, t = self._term_inputs(i, s_feats, t_feats)
@@ -185,6 +193,9 @@ class Distiller(nn.Module):
         return [(n, e) for n, e in out.items() if e > 0]
 
     def trainable_parameters(self, phase: str = MAIN) -> List[nn.Parameter]:
+        if not self.built and len(self.terms):
+            raise NotBuiltError("the Distiller is not built yet, so its projectors do not exist and an optimiser made "
+                                "now would leave them out; pass example_input=... or call distiller.build(x) first")
         if phase == MAIN:
             params = list(self.student.parameters()) + list(self.terms.parameters())
         else:
@@ -228,6 +239,11 @@ class Distiller(nn.Module):
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         for term in self.terms:
             term.on_epoch_start(epoch, num_epochs)
+
+    def _check_channels(self, x: Tensor) -> None:
+        check_input_channels(self.student, self._view("student", x), "the student", "distill.student_input")
+        for name, teacher in self.teachers.items():
+            check_input_channels(teacher, self._view(name, x), f"teacher '{name}'", f"teachers.{name}.input")
 
     # -- forward ----------------------------------------------------------------------------
     def _view(self, who: str, x: Tensor) -> Tensor:
@@ -295,16 +311,20 @@ class Distiller(nn.Module):
 
     def forward(self, batch) -> Tuple[Tensor, Dict[str, Tensor]]:
         if not self.built:
-            raise RuntimeError("Distiller is not built: pass example_input=... or call distiller.build(x) before "
-                               "creating the optimiser (projector shapes come from one dry run)")
+            raise NotBuiltError("Distiller is not built: pass example_input=... or call distiller.build(x) before "
+                                "creating the optimiser (projector shapes come from one dry run)")
         batch = as_batch(batch)
         if self.task is not None and self.task.target_key in batch:
             batch[TARGET] = batch[self.task.target_key]  # methods find the task's target under one key
         phase = self.phase
         active = [term.active_in(phase) for term in self.terms]
         term_batches = [self._term_batch(i, batch) if active[i] else batch for i in range(len(self.terms))]
-        # edits act in the training forward only (never in eval mode, predict, or the dry run)
-        s_feats, t_feats = self._forward_networks(batch["input"], active, term_batches if self.training else None)
+        try:
+            # edits act in the training forward only (never in eval mode, predict, or the dry run)
+            s_feats, t_feats = self._forward_networks(batch["input"], active, term_batches if self.training else None)
+        except RuntimeError:
+            self._check_channels(batch["input"])  # the likely cause, named; otherwise torch's own error
+            raise
         parts: Dict[str, Tensor] = {}
         total = s_feats[OUTPUT].new_zeros((), dtype=torch.float32)
         if phase == MAIN and self.task is not None:

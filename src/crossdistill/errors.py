@@ -14,6 +14,7 @@ class CrossDistillError(Exception):
     """Base class: a problem in the user's input, with a message that says how to fix it."""
 
     exit_code = 2
+    prefix = "error"  # the CLI prints ``{prefix}: {message}``
 
 
 class ConfigError(CrossDistillError):
@@ -46,3 +47,30 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 5) -> str:
         return f"did you mean: {', '.join(close)}?"
     shown = ", ".join(choices[:25]) + (", ..." if len(choices) > 25 else "")
     return f"valid choices: {shown}" if choices else "there are no valid choices"
+
+
+class FolderInUseError(ConfigError):
+    """Another run holds the output folder's lock."""
+
+
+class NotBuiltError(CrossDistillError, RuntimeError):
+    """A Distiller used before its dry run (``example_input=`` or ``build(x)``) created its projectors."""
+
+
+class Interrupted(CrossDistillError):
+    """Ctrl-C: what was kept and how to continue."""
+
+    exit_code = 130
+    prefix = "interrupted"
+
+
+def worker_error_line(e: BaseException) -> str:
+    """The message of an error raised in a DataLoader worker, without the traceback torch wraps
+    around it ("Caught DataError in DataLoader worker process 0. Original Traceback ...")."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return text
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else text
+    name, sep, message = last.partition(": ")
+    return message if sep and name.replace(".", "").replace("_", "").isalnum() else last

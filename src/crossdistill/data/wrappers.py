@@ -32,9 +32,8 @@ def check_options(name: str, given: Mapping[str, Any], allowed: Iterable[str]) -
         if key not in allowed:
             valid = ", ".join(allowed) if allowed else "none"
             hint = did_you_mean(key, allowed)
-            raise ConfigError(
-                f"dataset '{name}' has no option '{key}' ({hint}); valid options: {valid}"
-            )
+            close = f" ({hint})" if hint.startswith("did you mean") else ""  # else it would list them twice
+            raise ConfigError(f"dataset '{name}' has no option '{key}'{close}; valid options: {valid}")
 
 
 def resolve_options(name: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> Dict[str, Any]:

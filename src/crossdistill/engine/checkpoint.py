@@ -40,14 +40,15 @@ def temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+def atomic_save(obj: Any, path: str | os.PathLike, keep_previous: str | os.PathLike | None = None) -> Path:
     """``torch.save`` to a temporary file, fsync, then rename over ``path`` (atomic on POSIX).
 
     A reader sees either the previous complete file or the new complete file, never a mix; a kill at
     any moment leaves at most a stale ``.NAME.*.tmp`` beside it (never read; removed on resume by
-    :func:`remove_stale_temps`).
+    :func:`remove_stale_temps`). With ``keep_previous``, the file being replaced is kept under that
+    name (a hard link, so ``path`` itself never goes missing).
     """
-    return _atomic_write(path, lambda f: torch.save(obj, f))
+    return _atomic_write(path, lambda f: torch.save(obj, f), keep_previous)
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
@@ -55,7 +56,8 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     return _atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any],
+                  keep_previous: str | os.PathLike | None = None) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,6 +74,8 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> 
         pause = os.environ.get(SLOW_SAVE_ENV)
         if pause:
             time.sleep(float(pause))
+        if keep_previous is not None and path.exists():
+            _keep_as(path, Path(keep_previous))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as e:
@@ -79,13 +83,39 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> 
             os.unlink(tmp)
         except OSError:
             pass
+        e = _os_error_in(e)
         if isinstance(e, OSError):
             hint = "free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else \
                 "check the output_dir permissions"
-            raise CheckpointError(f"could not write '{path}' ({e.strerror or e}); {hint} and resume with --resume "
-                                  "(the previous checkpoint is intact)") from None
+            kept = f"the previous {path.name} is intact" if path.exists() else "nothing was half-written"
+            raise CheckpointError(f"could not write '{path}' ({e.strerror or e}); {hint}, then continue with "
+                                  f"--resume ({kept})") from None
         raise
     return path
+
+
+def _os_error_in(e: BaseException) -> BaseException:
+    """The OSError behind ``e``, if any: torch.save turns a failed write (ENOSPC) into
+    ``RuntimeError: … unexpected pos …`` raised while closing its archive, with the OSError as its
+    context."""
+    seen = e
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__cause__ or seen.__context__
+    return seen if seen is not None else e
+
+
+def _keep_as(path: Path, previous: Path) -> None:
+    """``previous`` becomes a copy of ``path`` (a hard link, renamed into place atomically)."""
+    fd, link = tempfile.mkstemp(prefix=temp_prefix(previous), suffix=".tmp", dir=previous.parent)
+    os.close(fd)
+    os.unlink(link)
+    try:
+        os.link(path, link)
+    except OSError:  # no hard links on this file system: a plain copy
+        import shutil
+
+        shutil.copyfile(path, link)
+    os.replace(link, previous)
 
 
 def remove_stale_temps(path: str | os.PathLike) -> List[Path]:
@@ -124,9 +154,13 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
 
 
-def load_file(path: str | os.PathLike) -> Any:
-    """``torch.load`` with ``weights_only=True`` and one clear error for each way it can fail."""
-    path = Path(path)
+CORRUPT_HINT = "use an earlier checkpoint"
+
+
+def load_file(path: str | os.PathLike, corrupt_hint: str = CORRUPT_HINT) -> Any:
+    """``torch.load`` with ``weights_only=True`` and one clear error for each way it can fail;
+    ``corrupt_hint`` is what a damaged file's message advises."""
+    path = Path(os.path.expanduser(path))
     if not path.exists():
         raise CheckpointError(f"checkpoint '{path}' does not exist; check the path")
     if not path.is_file():
@@ -137,12 +171,12 @@ def load_file(path: str | os.PathLike) -> Any:
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint '{path}' ({e.strerror or e}); check its permissions") from None
     if not head:
-        raise CheckpointError(f"checkpoint '{path}' is empty (an interrupted copy?); use an earlier checkpoint")
+        raise CheckpointError(f"checkpoint '{path}' is empty (an interrupted copy?); {corrupt_hint}")
     if head != _ZIP_MAGIC and not head.startswith(_PICKLE_PROTO):
         raise CheckpointError(f"'{path}' is not a PyTorch checkpoint (it starts with {head!r}, not a torch.save "
                               "archive); give a file written by crossdistill or torch.save")
     if head == _ZIP_MAGIC:
-        _check_crc(path)
+        _check_crc(path, corrupt_hint)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
@@ -159,14 +193,14 @@ def load_file(path: str | os.PathLike) -> Any:
         detail = re.search(r"Unsupported [^\n.]+", text)
         detail = detail.group(0).strip() if detail else _first_line(e)
         raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated (damaged pickle data: {detail}); "
-                              "use an earlier checkpoint") from None
+                              f"{corrupt_hint}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, IndexError,
             KeyError, TypeError, MemoryError, OverflowError) as e:
         raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({_first_line(e)}); "
-                              "use an earlier checkpoint") from None
+                              f"{corrupt_hint}") from None
 
 
-def _check_crc(path: Path) -> None:
+def _check_crc(path: Path, corrupt_hint: str = CORRUPT_HINT) -> None:
     """torch.load does not verify the archive's CRC32s, so a flipped bit in a tensor would load
     silently; check them first (one extra read of the file, ~1 GB/s)."""
     try:
@@ -174,10 +208,10 @@ def _check_crc(path: Path) -> None:
             bad = z.testzip()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
         raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({_first_line(e)}); "
-                              "use an earlier checkpoint") from None
+                              f"{corrupt_hint}") from None
     if bad is not None:
         raise CheckpointError(f"checkpoint '{path}' is corrupt: its part '{bad}' fails its CRC check (damaged on "
-                              "disk or in transfer); use an earlier checkpoint or copy it again")
+                              f"disk or in transfer); {corrupt_hint}")
 
 
 def _first_line(e: BaseException) -> str:
@@ -187,9 +221,9 @@ def _first_line(e: BaseException) -> str:
     return line if len(line) <= 100 else line[:97] + "..."
 
 
-def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, corrupt_hint: str = CORRUPT_HINT) -> Dict[str, Any]:
     """A crossdistill checkpoint (training state or exported student)."""
-    return _validated(load_file(path), path)
+    return _validated(load_file(path, corrupt_hint), path)
 
 
 def _validated(obj: Any, path: str | os.PathLike) -> Dict[str, Any]:

@@ -3,6 +3,7 @@ collectives methods use to keep state identical on every rank."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from typing import List
 
@@ -63,3 +64,23 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
         return
     for buf in module.buffers():
         dist.broadcast(buf, src)
+
+
+def wrap_ddp(distiller, device: torch.device) -> torch.nn.parallel.DistributedDataParallel:
+    """The Distiller under DDP. Buffers are not re-broadcast at each forward: BatchNorm statistics
+    stay per rank (rank 0's are saved), and method state such as CRD's memory banks is kept
+    identical by the methods themselves (gathered updates), which a broadcast would only repeat."""
+    from ..distiller import MAIN
+
+    # Parameters that get no gradient in some step — those of a method's extra phase (e.g. FT's
+    # paraphraser, fixed in the main phase), or of a term inactive in the main phase — need DDP's
+    # unused-parameter search; without them the search costs a graph traversal per step and a warning.
+    find_unused = any(term.extra_phases() or (not term.active_in(MAIN) and any(True for _ in term.parameters()))
+                      for term in distiller.terms)
+    options = {"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGS else {"broadcast_buffers": False}
+    return torch.nn.parallel.DistributedDataParallel(
+        distiller, find_unused_parameters=find_unused,
+        device_ids=[device.index] if device.type == "cuda" else None, **options)
+
+
+_DDP_ARGS = set(inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters)

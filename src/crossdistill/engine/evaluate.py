@@ -1,27 +1,78 @@
-"""``crossdistill eval CHECKPOINT``: rebuild the student from the checkpoint and score it."""
+"""The one evaluation loop, used by training (every ``eval_every`` epochs) and by
+``crossdistill eval`` — so the metric in ``summary.json`` is the metric ``eval`` measures.
+
+Both score the student through :meth:`Distiller.predict` (which applies the student's input view),
+at the same precision (fp32 unless asked), in the canonical memory layout, with the same batch
+size; under DDP each rank scores every W-th test sample and the ranks' metric states are summed,
+so every sample counts exactly once.
+"""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 from pydantic import ValidationError
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from ..build import build_task, model_from_spec
-from ..config import DataConfig, apply_override, format_validation_error
-from ..data import create_dataset
-from ..data.seeded import AugmentedDataset
-from ..data.transforms import build_eval_transform
-from ..errors import ConfigError
-from ..views import VIEWS
-from .checkpoint import load_checkpoint, load_into, student_state
+from ..errors import CheckpointError, ConfigError
+from .device import Precision, memory_format, to_device
+from .sampler import ShardSampler
 
 
-def evaluate_checkpoint(path: str, overrides: Sequence[str] = ()) -> Dict[str, float]:
-    """Score the student of ``path`` (an exported ``student.pt`` or a training checkpoint) on the test
-    split of the dataset it was trained on, or on other data given by ``data.*`` overrides."""
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, rank: int = 0, world: int = 1) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world),
+                      num_workers=num_workers, generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def evaluate(distiller, loader: DataLoader, task, precision: Precision) -> Tuple[Dict[str, float], int]:
+    """Score ``distiller.student`` on ``loader``: (metrics, number of samples scored over all ranks)."""
+    metrics = task.metrics().to(precision.device)
+    distiller.eval()
+    seen = 0
+    with precision.autocast(), memory_format(distiller.student, precision.channels_last):
+        for batch in loader:
+            batch = to_device(batch, precision.device, precision.channels_last)
+            out = distiller.predict(batch["input"])
+            task.update_metrics(metrics, out.float(), batch)
+            seen += int(batch["input"].shape[0])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        count = torch.tensor([seen], dtype=torch.long, device=precision.device)
+        dist.all_reduce(count)
+        seen = int(count)
+    return task.compute_metrics(metrics), seen  # torchmetrics sums the ranks' states here
+
+
+@dataclass
+class EvalSetup:
+    """What ``crossdistill eval`` rebuilds from a checkpoint: the student, its data, its task."""
+
+    model: torch.nn.Module
+    spec: Dict[str, Any]
+    data: Any  # DataConfig
+    task: Any
+    test_set: Dataset
+    input_view: str
+
+
+def load_for_eval(path: str, overrides: Sequence[str] = ()) -> EvalSetup:
+    """The student of ``path`` (an exported ``student.pt`` or a training checkpoint), the test split of
+    the dataset it was trained on (or other data given by ``data.*`` overrides), and its task."""
+    from ..build import build_task, build_test_set, model_from_spec
+    from ..config import DataConfig, apply_override, format_validation_error
+    from .checkpoint import load_checkpoint, load_into, student_state
+    from .export import non_finite
+
     ckpt = load_checkpoint(path)
     spec = ckpt["model_spec"]
+    state = student_state(ckpt)
+    bad = non_finite(state)
+    if bad:
+        raise CheckpointError(f"the student in '{path}' has non-finite weights (NaN/Inf in {len(bad)} of {len(state)} "
+                              f"tensors, e.g. '{bad[0]}'), so any metric would be meaningless; it comes from a "
+                              "diverged run: train again with a lower learning rate")
     if not spec.get("data") and not any(o.startswith("data.name=") for o in overrides):
         raise ConfigError(f"'{path}' does not record the dataset it was trained on; give it as data.name=... "
                           "(and data.root=..., data.options=...)")
@@ -34,22 +85,30 @@ def evaluate_checkpoint(path: str, overrides: Sequence[str] = ()) -> Dict[str, f
         data_cfg = DataConfig.model_validate(raw["data"])
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, DataConfig, prefix="data.")) from None
-    test = create_dataset(data_cfg.name, "test", data_cfg.root, **data_cfg.options)
-    test = AugmentedDataset(test, build_eval_transform(test.info))
-    task_name = spec.get("task", "classification")
-    task = build_task(task_name, test.info)
+    test = build_test_set(data_cfg)
+    task = build_task(spec.get("task", "classification"), test.info)
     trained = spec.get("task_classes")
     if trained is not None and task.num_classes is not None and trained != task.num_classes:
         raise ConfigError(f"the student in '{path}' predicts {trained} classes but this data has {task.num_classes}; "
                           "evaluate it on data with the same classes")
     model = model_from_spec(spec)
-    load_into(model, student_state(ckpt), "student", path)
-    model.eval()
-    view = VIEWS.get(spec.get("student_input", "identity"))
-    metrics = task.metrics()
-    with torch.no_grad():
-        for batch in DataLoader(test, batch_size=data_cfg.eval_batch_size or data_cfg.batch_size):
-            x = batch["input"]
-            out = model(view(x) if view else x)
-            task.update_metrics(metrics, out.float(), batch)
-    return task.compute_metrics(metrics)
+    load_into(model, state, "student", path)
+    return EvalSetup(model, spec, data_cfg, task, test, spec.get("student_input", "identity"))
+
+
+def evaluate_checkpoint(path: str, overrides: Sequence[str] = (), precision: str = "fp32",
+                        device: str = "auto") -> Dict[str, float]:
+    """Score the student of ``path`` on its test split: the loop training uses, the same settings."""
+    from ..distiller import Distiller
+    from ..views import VIEWS
+    from .distributed import world_info
+
+    setup = load_for_eval(path, overrides)
+    how = Precision.pick(device, precision)
+    views = {"student": VIEWS[setup.input_view]} if setup.input_view != "identity" else {}
+    distiller = Distiller(setup.model, input_transforms=views).to(how.device)
+    rank, world = world_info()
+    loader = eval_loader(setup.test_set, setup.data.eval_batch_size or setup.data.batch_size,
+                         setup.data.num_workers, rank, world)
+    metrics, _ = evaluate(distiller, loader, setup.task, how)
+    return metrics

@@ -15,8 +15,14 @@ class MetricLog:
         self.path = folder / "metrics.jsonl"
         self._tb = None
         # the TensorBoard writer is opened at the first record, so a run that writes nothing
-        # (an error before step 1, resuming a finished run) leaves no event file behind
+        # (an error before step 1, resuming a finished run) leaves no event file behind; its module is
+        # imported now, not mid-training, where a Ctrl-C landing inside an import can be swallowed
         self._tb_args = (str(folder / "tensorboard"), purge_step) if enabled and tensorboard else None
+        if self._tb_args is not None:
+            try:
+                import torch.utils.tensorboard  # noqa: F401
+            except Exception:  # tensorboard missing or broken: JSONL still has everything
+                self._tb_args = None
 
     def _writer(self):
         if self._tb is None and self._tb_args is not None:

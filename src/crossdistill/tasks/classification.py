@@ -34,7 +34,13 @@ class ClassificationTask(Task):
 
     def loss(self, output: Tensor, batch: Dict[str, Tensor]) -> Tensor:
         label = _check_target(batch, self.target_key, self.name).to(output.device).long()
-        return F.cross_entropy(output.float(), label)
+        try:
+            return F.cross_entropy(output.float(), label)
+        except (IndexError, RuntimeError):
+            from ..checks import check_class_targets
+
+            check_class_targets(label, self.num_classes, self.target_key, self.name)
+            raise
 
     def metrics(self) -> MetricCollection:
         m = {"acc": MulticlassAccuracy(self.num_classes, top_k=1, average="micro")}

@@ -50,7 +50,13 @@ class SegmentationTask(Task):
         logits, mask = _mask_and_logits(output, batch, self.name)
         if not (mask != IGNORE_INDEX).any():  # all ignored: a zero loss, not a NaN
             return logits.sum() * 0.0
-        return F.cross_entropy(logits, mask, ignore_index=IGNORE_INDEX)
+        try:
+            return F.cross_entropy(logits, mask, ignore_index=IGNORE_INDEX)
+        except (IndexError, RuntimeError):
+            from ..checks import check_class_targets
+
+            check_class_targets(mask, self.num_classes, "mask", self.name, ignore=IGNORE_INDEX)
+            raise
 
     def metrics(self) -> MetricCollection:
         k = self.num_classes

@@ -1,0 +1,105 @@
+"""Where and at what precision a run computes: device, autocast dtype, memory format.
+
+Training and evaluation pick these the same way; evaluation is fp32 unless asked otherwise (see
+``train.eval_precision`` and ``crossdistill eval --precision``), so the metric a run reports is
+the metric ``crossdistill eval`` measures on its ``student.pt``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..errors import ConfigError
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=auto or cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.is_available() and dist.is_initialized():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    cap = torch.backends.cpu.get_cpu_capability()
+    return "AMX" in cap.upper() or "AVX512" in cap.upper()
+
+
+def pick_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
+    """None = fp32. ``auto``: bf16 where the hardware has it fast (measured: `crossdistill bench amp`)."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def pick_channels_last(setting: Optional[bool], device: torch.device, dtype: Optional[torch.dtype]) -> bool:
+    """``None`` = the measured default: channels_last for reduced precision on CPU only."""
+    if setting is not None:
+        return bool(setting)
+    return device.type == "cpu" and dtype is not None
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a forward pass runs: on which device, under which autocast dtype, in which memory format."""
+
+    device: torch.device
+    dtype: Optional[torch.dtype] = None  # None = fp32, no autocast
+    channels_last: bool = False
+
+    @classmethod
+    def pick(cls, device: str, precision: str, channels_last: Optional[bool] = None) -> "Precision":
+        dev = pick_device(device)
+        dtype = pick_precision(precision, dev)
+        return cls(dev, dtype, pick_channels_last(channels_last, dev, dtype))
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def describe(self) -> Dict[str, Any]:
+        """For summary.json: how a metric was computed."""
+        name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        return {"precision": name, "channels_last": self.channels_last, "device": str(self.device.type)}
+
+
+def to_device(batch: Dict[str, Any], device: torch.device, channels_last: bool) -> Dict[str, Any]:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, Tensor):
+            v = v.to(device, non_blocking=True)
+            if k == "input" and v.dim() == 4:
+                v = v.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        out[k] = v
+    return out
+
+
+@contextlib.contextmanager
+def memory_format(model: torch.nn.Module, channels_last: bool) -> Iterator[None]:
+    """Run ``model`` with its 4-d weights in the given layout, and put them back afterwards.
+
+    The layout of the weights chooses the convolution kernels as much as the input's does; an
+    evaluation in the canonical layout gives the numbers ``crossdistill eval`` gets from the
+    exported (contiguous) ``student.pt``. A layout change moves data, never values.
+    """
+    was_cl = any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+                 and not p.is_contiguous() for p in model.parameters())
+    if was_cl == channels_last:
+        yield
+        return
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.channels_last if was_cl else torch.contiguous_format)

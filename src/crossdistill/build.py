@@ -133,9 +133,11 @@ def build_student(cfg: Config, task: Task, in_channels: int) -> tuple[nn.Module,
     return model, spec
 
 
-def build_run(cfg: Config, allow_imports: bool = False) -> Run:
-    train, test, info = build_data(cfg)
-    task = build_task(cfg.task, info)
+def build_distiller(cfg: Config, info, task: Task, example: torch.Tensor, num_samples: int,
+                    labels: Optional[torch.Tensor] = None, allow_imports: bool = False) -> tuple[Distiller, Dict[str, Any]]:
+    """Student, teachers and terms of ``cfg`` joined in a :class:`Distiller`, set up for a training set
+    of ``num_samples`` samples (``labels``: their classes) — everything of a run but the data.
+    ``example`` is one input batch for the dry run. Returns the distiller and the student's spec."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         student, spec = build_student(cfg, task, info.in_channels)
@@ -144,9 +146,16 @@ def build_run(cfg: Config, allow_imports: bool = False) -> Run:
         views = {n: VIEWS[t.input] for n, t in cfg.teachers.items() if t.input != "identity"}
         if cfg.distill.student_input != "identity":
             views["student"] = VIEWS[cfg.distill.student_input]
-        example = train[0]["input"].unsqueeze(0).repeat(2, 1, 1, 1)
         distiller = Distiller(student, teachers, terms, task=task, task_weight=cfg.distill.task_weight,
                               example_input=example, input_transforms=views)
-    labels = getattr(train, "labels", None)
-    distiller.setup(DataSetup(num_samples=len(train), num_classes=info.num_classes, labels=labels))
+    distiller.setup(DataSetup(num_samples=num_samples, num_classes=info.num_classes, labels=labels))
+    return distiller, spec
+
+
+def build_run(cfg: Config, allow_imports: bool = False) -> Run:
+    train, test, info = build_data(cfg)
+    task = build_task(cfg.task, info)
+    example = train[0]["input"].unsqueeze(0).repeat(2, 1, 1, 1)
+    distiller, spec = build_distiller(cfg, info, task, example, len(train), getattr(train, "labels", None),
+                                      allow_imports)
     return Run(cfg, train, test, task, distiller, spec)

@@ -19,6 +19,7 @@ class NST(Method):
     default_weight = 50.0
     default_student = "@stages"
     default_teacher = "@stages"
+    float32_inputs = False  # its loss upcasts inside its first pass (losses/features.py)
 
     def build(self, s, t):
         if len(s) != len(t):

@@ -52,7 +52,9 @@ def build_data(cfg: Config):
     train = _dataset(d.name, "train", root, key)
     test = _dataset(d.name, "test", root, key)
     info = train.info
-    train = IndexedDataset(AugmentedDataset(train, build_train_transform(info, d.augment), seed=cfg.seed))
+    tc = cfg.teacher_cache  # fixed views per sample, so that the teacher's outputs can be stored
+    train = IndexedDataset(AugmentedDataset(train, build_train_transform(info, d.augment), seed=cfg.seed,
+                                            views=tc.views if tc else None, view_seed=tc.seed if tc else 0))
     test = IndexedDataset(AugmentedDataset(test, build_eval_transform(info), seed=cfg.seed))
     return train, test, info
 

@@ -29,6 +29,12 @@ Batch = Dict[str, Tensor]
 MAIN = "main"
 
 
+def teacher_key(name: str, path: str) -> str:
+    """The batch field that may carry teacher ``name``'s tensor at ``path`` (e.g. from the teacher
+    cache); when a batch has every tensor the terms read of a teacher, that teacher does not run."""
+    return f"teacher/{name}/{path}"
+
+
 def resolve_side(model: nn.Module, side: str, role: str) -> List[str]:
     """Expand an alias (``@pooled``, ``@encoder``, ``@stage:N``, ``@stages``) to module paths."""
     if not side.startswith("@"):
@@ -222,6 +228,7 @@ class Distiller(nn.Module):
             self._t_paths.append(t)
         self._s_tap = FeatureTap(self.student, [p for ps in self._s_paths for p in ps], "student")
         self._t_taps = {n: FeatureTap(self.teachers[n], ps, f"teacher '{n}'") for n, ps in teacher_paths.items()}
+        self._teacher_reads = {n: list(dict.fromkeys(ps)) for n, ps in teacher_paths.items()}
 
     @torch.no_grad()
     def build(self, example_input: Tensor) -> "Distiller":
@@ -275,18 +282,35 @@ class Distiller(nn.Module):
         fn = self.input_transforms.get(who)
         return fn(x) if fn is not None else x
 
-    def _forward_networks(self, x: Tensor, active: List[bool]):
+    def teacher_reads(self) -> Dict[str, List[str]]:
+        """Per teacher, the paths (``output`` or module paths) that some term reads."""
+        return {n: list(ps) for n, ps in self._teacher_reads.items()}
+
+    @torch.no_grad()
+    def teacher_features(self, name: str, x: Tensor) -> Dict[str, Tensor]:
+        """Teacher ``name`` on input ``x`` (its own input view applied): every tensor a term reads of it."""
+        out = self.teachers[name](self._view(name, x))
+        feats = self._t_taps[name].pop()
+        feats[OUTPUT] = out
+        return {p: feats[p] for p in self._teacher_reads[name]}
+
+    def _from_batch(self, name: str, batch: Optional[Batch]) -> Optional[Dict[str, Tensor]]:
+        if not batch:
+            return None
+        keys = {p: teacher_key(name, p) for p in self._teacher_reads.get(name, ())}
+        if keys and all(k in batch for k in keys.values()):
+            return {p: batch[k] for p, k in keys.items()}
+        return None
+
+    def _forward_networks(self, x: Tensor, active: List[bool], batch: Optional[Batch] = None):
         out = self.student(self._view("student", x))
         s_feats = self._s_tap.pop()
         s_feats[OUTPUT] = out
         t_feats: Dict[str, Dict[str, Tensor]] = {}
         needed = {n for i, term in enumerate(self.terms) if active[i] and term.needs_teacher for n in term.from_teacher}
-        with torch.no_grad():
-            for name in needed:
-                t_out = self.teachers[name](self._view(name, x))
-                feats = self._t_taps[name].pop()
-                feats[OUTPUT] = t_out
-                t_feats[name] = feats
+        for name in needed:
+            # the batch may carry the teacher's tensors (the teacher cache): then it does not run
+            t_feats[name] = self._from_batch(name, batch) or self.teacher_features(name, x)
         return s_feats, t_feats
 
     def _term_inputs(self, i: int, s_feats, t_feats) -> Tuple[List[Tensor], List[Tensor]]:
@@ -314,7 +338,7 @@ class Distiller(nn.Module):
         batch = as_batch(batch)
         phase = self.phase
         active = [term.active_in(phase) for term in self.terms]
-        s_feats, t_feats = self._forward_networks(batch["input"], active)
+        s_feats, t_feats = self._forward_networks(batch["input"], active, batch)
         parts: Dict[str, Tensor] = {}
         total = s_feats[OUTPUT].new_zeros((), dtype=torch.float32)
         if phase == MAIN and self.task is not None:

@@ -45,7 +45,8 @@ LOG = "metrics.jsonl"
 #: Config keys a resumed run may change: they do not touch the weights or the metrics.
 RESUME_MAY_CHANGE = ("output_dir", "data.num_workers", "train.progress", "train.log_every",
                      "train.checkpoint_every", "train.checkpoint_every_steps", "train.nonfinite", "train.device",
-                     "train.threads", "train.deterministic")
+                     "train.threads", "train.deterministic", "teacher_cache.dir", "teacher_cache.rebuild",
+                     "teacher_cache.fill_batch_size")
 #: ``train.nonfinite=skip`` gives up after this many non-finite steps in a row (the weights are gone).
 MAX_CONSECUTIVE_SKIPS = 100
 
@@ -223,6 +224,11 @@ class Trainer:
         # TensorBoard hides events from the first step this process will (re)write
         start = int(self._resume_state["position"]["global_step"]) + 1 if self._resume_state else 0
         self.log = MetricLog(self.out, enabled=self.is_main, purge_step=start)
+        # the teacher cache (if configured) is opened or filled now, and then feeds the loader
+        from ..teacher_cache import attach
+
+        self.cache_info = attach(run, self.device, self.amp_dtype, self.channels_last, self.rank, self.world, self.out,
+                                 log=(lambda m: print(m, file=sys.stderr, flush=True)) if self.is_main and self.tc.progress else None)
         self.sampler = EpochSampler(len(run.train_set), self.cfg.seed, True, self.rank, self.world)
         # the loaders draw their worker base seed from their own generator, never from the global RNG
         # (a fresh iterator per epoch, or after a resume, must not shift the global random stream)

@@ -22,7 +22,7 @@ TOY_MODEL = ["model=resnet8", "b=4", "size=16", "classes=5", "steps=1", "warmup=
 
 def test_one_file_per_benchmark_and_the_cli_lists_them():
     files = {p.stem for p in (ROOT / "src/crossdistill/bench").glob("*.py") if not p.name.startswith("_")}
-    assert set(bench.names()) == files >= {"crd", "amp", "regulariser", "overhead"}
+    assert set(bench.names()) == files >= {"crd", "amp", "regulariser", "overhead", "cache"}
     choices = next(a for a in cli.parser()._subparsers._group_actions[0].choices["bench"]._actions
                    if a.dest == "what").choices
     assert list(choices) == bench.names() + ["all"]
@@ -123,3 +123,15 @@ def test_benchmark_scripts_are_thin_wrappers(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "a.json").is_file() and "bf16 + channels_last" in res.stdout
+
+
+def test_bench_cache_times_three_epochs_and_reports_the_fill(tmp_path):
+    out = tmp_path / "cache.json"
+    res = bench.run_bench("cache", ["student=resnet8", "teacher=resnet8", "n=32", "b=16", "size=16", "views=2",
+                                    "rounds=1", "warmup=0", "precision=fp32", f"out={out}"])["cache"]
+    assert set(res["epochs"]) == {"student only", "live teacher", "warm cache"}
+    assert res["epochs"]["student only"]["ratio_vs_student"]["median"] == 1.0
+    assert res["fill_seconds"] > 0 and res["bytes"] > 0
+    # logits [10] + nothing else (KD reads the output only), float16, 2 views, 32 samples, + the fill flags
+    assert res["bytes_per_10k_samples"] == pytest.approx(res["bytes"] / 32 * 10_000)
+    assert json.loads(out.read_text())["warm_cache_vs_student"] == res["warm_cache_vs_student"]

@@ -27,8 +27,8 @@ import torch
 
 from ..errors import ConfigError, did_you_mean
 
-#: options that only count steps/rounds and may be 0; every other integer option must be >= 1
-MAY_BE_ZERO = {"warmup", "seed"}
+#: integer options that may be 0 (warm-up rounds, seeds, data-loader workers); the others must be >= 1
+MAY_BE_ZERO = {"warmup", "seed", "workers"}
 
 
 # ------------------------------------------------------------------------------ options

@@ -4,6 +4,7 @@ never a stale view; resumable fill, training that never runs the teacher, dense 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import socket
@@ -305,3 +306,36 @@ def test_two_ranks_fill_their_shares_and_read_their_shards(tmp_path):
         for v in range(3):
             a, b = shared.read(i, v), run.train_set.store.read(i, v)
             assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------ the reproduction
+
+def test_reproduce_teacher_cache_at_toy_scale(tmp_path, monkeypatch):
+    """`crossdistill reproduce teacher-cache` end to end on tiny IDX files written here (CI has no
+    Fashion-MNIST): three columns over seeds, the cache shared by the seeds, its size reported."""
+    import gzip
+    import struct
+
+    from crossdistill.cli import main
+    from crossdistill.data import fashion_mnist
+    from crossdistill.experiments import teacher_cache as exp
+
+    folder = tmp_path / "data" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 16)):
+        for stem, arr in ((f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
+                          (f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n).astype(np.uint8))):
+            raw = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+            with gzip.open(folder / (stem + ".gz"), "wb") as fh:
+                fh.write(raw)
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "none")
+    monkeypatch.setenv("CROSSDISTILL_DATA", str(tmp_path / "data"))
+    monkeypatch.setitem(exp.SCALES, "quick", dict(subset=32, epochs=1, teacher_epochs=1, views=2, seeds=(0, 1)))
+    assert main(["reproduce", "teacher-cache", "--quick", "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "results.md").read_text()
+    for col in ("student alone", "KD, live teacher", "KD, cache (V = 2, float16)"):
+        assert col in md
+    assert "over 2 seeds" in md and "MiB per 10 000 images" in md
+    manifest = json.loads((tmp_path / "out" / "teacher_cache" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["views"] == 2 and manifest["data"]["size"] == 32

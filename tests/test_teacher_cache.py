@@ -190,6 +190,17 @@ def test_config_errors(tmp_path):
         _cfg(tmp_path, **{"teacher_cache.views": 0})
 
 
+def test_a_damaged_cache_file_is_one_clear_error(tmp_path):
+    from crossdistill.errors import DataError
+
+    run, _ = _attach(_cfg(tmp_path))
+    target = tmp_path / "run" / "teacher_cache" / "teacher__default__output.npy"
+    target.write_bytes(target.read_bytes()[:200])  # truncated
+    run, _ = _attach(_cfg(tmp_path))  # the manifest still matches: nothing to fill
+    with pytest.raises(DataError, match="cannot be read.*delete the folder"):
+        run.train_set[0]
+
+
 # ------------------------------------------------------------------------------ training
 
 def _no_teacher(run):

@@ -163,7 +163,7 @@ class _Store:
                 self._maps[key] = np.load(self.folder / name, mmap_mode="r+" if write else "r", allow_pickle=False)
             except (OSError, ValueError) as e:
                 raise DataError(f"teacher cache file '{self.folder / name}' cannot be read ({e}); delete the folder "
-                                "'{self.folder}' to rebuild the cache") from None
+                                f"'{self.folder}' to rebuild the cache") from None
         return self._maps[key]
 
     def __getstate__(self):  # data-loader workers open their own maps

@@ -122,7 +122,6 @@ def _reads_teacher(distiller, phase: str) -> bool:
 
 def variants(o: Dict[str, Any], mode: str, device: torch.device):
     """``{name: step}``, ``{row name: baseline name}``, the rows that read a teacher, and skipped rows."""
-    from ..build import model_from_spec  # noqa: F401  (the models package registers the zoo)
     from ..errors import CrossDistillError
     from ..models import create_model
 

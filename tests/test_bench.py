@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from crossdistill import bench, cli
 from crossdistill.bench._common import interleave, quartiles, ratios, resolve_options
@@ -40,6 +41,10 @@ def test_interleaved_timer_rotates_the_order_and_aligns_rounds():
     assert quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 3.0, 4.0)
     r = ratios([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
     assert r == {"median": 2.0, "q1": 2.0, "q3": 2.5}
+    cpu = interleave({"a": lambda: sum(range(10000))}, rounds=2, warmup=0, clock="cpu")
+    assert len(cpu["a"]) == 2 and all(t >= 0 for t in cpu["a"])
+    with pytest.raises(ConfigError, match="clock=cpu"):
+        interleave({"a": lambda: None}, rounds=1, warmup=0, device=torch.device("cuda"), clock="cpu")
 
 
 def test_option_parser_checks_names_types_and_choices():

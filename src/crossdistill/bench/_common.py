@@ -109,25 +109,33 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def interleave(variants: Mapping[str, Callable[[], Any]], rounds: int, warmup: int,
-               device: torch.device = torch.device("cpu")) -> Dict[str, List[float]]:
+               device: torch.device = torch.device("cpu"), clock: str = "wall") -> Dict[str, List[float]]:
     """ms per call of every variant over ``rounds`` timed rounds (after ``warmup`` untimed ones).
 
     Each round calls every variant once; round ``r`` starts at the ``r``-th variant (the order
     rotates), so no variant always runs right after the same neighbour. Returns the per-round
     times, index-aligned across variants: ``times[a][r] / times[b][r]`` is a same-round ratio.
+    ``clock="cpu"`` times the process's CPU time instead of the wall clock (CPU only): on a machine
+    shared with other jobs it counts the work a call does rather than how long it waited for a core.
     """
+    if clock == "cpu" and device.type != "cpu":
+        raise ConfigError("bench option clock=cpu times CPU work: use it with device=cpu (on a GPU, clock=wall)")
+    now = CLOCKS[clock]
     names = list(variants)
     times: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(warmup + rounds):
         shift = r % len(names) if names else 0
         for name in names[shift:] + names[:shift]:
             sync(device)
-            t0 = time.perf_counter()
+            t0 = now()
             variants[name]()
             sync(device)
             if r >= warmup:
-                times[name].append(1e3 * (time.perf_counter() - t0))
+                times[name].append(1e3 * (now() - t0))
     return times
 
 

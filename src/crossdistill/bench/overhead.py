@@ -20,7 +20,9 @@ a second row ``<method>:<phase>`` for that phase's step. Peak memory: one step o
 fresh process (``memory=false`` skips it).
 
 ``precision``: ``fp32``, ``bf16`` (bf16 autocast + channels_last, the trainer's CPU default where
-the CPU has fast bf16), or ``both``. Output: one line per row ``<method> … <ratio>x``, JSON in
+the CPU has fast bf16), or ``both``. ``clock=cpu`` (with ``threads=1``) times process CPU time
+instead of the wall clock, for a machine shared with other jobs (the final figures: ``clock=wall``
+on a quiet machine). Output: one line per row ``<method> … <ratio>x``, JSON in
 ``runs/bench/overhead.json``.
 """
 from __future__ import annotations
@@ -39,10 +41,10 @@ DEFAULTS: Dict[str, Any] = {
     "student": "resnet8x4", "teacher": "resnet32x4", "b": 64, "size": 32, "classes": 100,
     "n": 50000, "k": 16384, "rounds": 15, "warmup": 2, "precision": "both", "methods": "all",
     "recipes": "cifar100/resnet32x4_resnet8x4", "phases": True, "memory": True, "device": "auto",
-    "seed": 0, "out": "runs/bench/overhead.json",
+    "clock": "wall", "threads": None, "seed": 0, "out": "runs/bench/overhead.json",
 }
 QUICK = {"rounds": 3, "warmup": 1}
-CHOICES = {"precision": ("both", "fp32", "bf16"), "device": ("auto", "cpu", "cuda")}
+CHOICES = {"precision": ("both", "fp32", "bf16"), "device": ("auto", "cpu", "cuda"), "clock": ("wall", "cpu")}
 #: precision option → the (autocast dtype, channels_last) pairs measured
 MODES = {"fp32": ["fp32"], "bf16": ["bf16 + channels_last"], "both": ["fp32", "bf16 + channels_last"]}
 STUDENT, STUDENT_TEACHER = "student step", "student step + teacher forward"
@@ -170,6 +172,8 @@ def variants(o: Dict[str, Any], mode: str, device: torch.device):
 def memory_worker(o: Dict[str, Any], mode: str) -> Dict[str, Any]:
     """Peak memory of one step of every variant (run in a fresh process on CPU)."""
     device = pick_device(o["device"])
+    if o.get("threads") is not None:
+        torch.set_num_threads(o["threads"])
     steps, _, _, _ = variants(o, mode, device)
     out: Dict[str, Any] = {}
     for name, step in steps.items():
@@ -190,11 +194,11 @@ def _memory(o: Dict[str, Any], mode: str, device: torch.device) -> Dict[str, Any
 def _measure(o: Dict[str, Any], mode: str, device: torch.device, print_fn) -> Dict[str, Any]:
     steps, baseline, teacher_rows, skipped = variants(o, mode, device)
     print_fn(f"{mode}: {len(steps)} variants, {o['warmup']} warm-up + {o['rounds']} timed rounds, "
-             f"{torch.get_num_threads()} threads")
-    times = interleave(steps, o["rounds"], o["warmup"], device)
+             f"{torch.get_num_threads()} threads, {o['clock']} clock")
+    times = interleave(steps, o["rounds"], o["warmup"], device, o["clock"])
     memory = _memory(o, mode, device) if o["memory"] else {}
     kd = "kd" if "kd" in times else None
-    out: Dict[str, Any] = {"baselines": {}, "methods": {}, "skipped": skipped}
+    out: Dict[str, Any] = {"baselines": {}, "methods": {}, "skipped": skipped, "threads": torch.get_num_threads()}
     for name in (STUDENT, STUDENT_TEACHER):
         out["baselines"][name] = {**summarise(times[name]), "peak_mib": memory.get(name, {}).get("peak_mib")}
     for name, base in baseline.items():
@@ -230,8 +234,10 @@ def _print(mode: str, res: Dict[str, Any], print_fn) -> None:
 def markdown(result: Dict[str, Any]) -> str:
     """The tables for ``docs/results.md`` (one per precision), ready to paste."""
     lines: List[str] = []
+    o = result["options"]
     for mode, res in result["precisions"].items():
-        lines += [f"**{mode}**", "", "| method | ms/step | ratio (q1–q3) | vs KD step | peak MiB |", "|---|---|---|---|---|"]
+        lines += [f"**{mode}** ({o['clock']} clock, {res.get('threads', '?')} threads, {o['rounds']} rounds; "
+                  "ratio = median of same-round ratios, quartiles in brackets)", "", "| method | ms/step | ratio (q1–q3) | vs KD step | peak MiB |", "|---|---|---|---|---|"]
         for name, r in res["baselines"].items():
             peak = "" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
             lines.append(f"| *{name}* | {r['ms_median']:.1f} | 1 | | {peak} |")
@@ -249,6 +255,8 @@ def markdown(result: Dict[str, Any]) -> str:
 def run(o: Dict[str, Any], print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
     device = pick_device(o["device"])
     o = {**o, "device": device.type}
+    if o["threads"] is not None:
+        torch.set_num_threads(o["threads"])
     print_fn(f"overhead: {o['teacher']} → {o['student']}, batch {o['b']}, {o['size']}px, {o['classes']} classes, "
              f"CRD n={o['n']} K={o['k']}, on {device.type}")
     result: Dict[str, Any] = {"bench": "overhead", "options": o, "precisions": {}}

@@ -135,3 +135,36 @@ def test_gradients_go_back_in_the_networks_dtype_and_layout():
     torch.testing.assert_close(x.grad.float(), (2 * x.detach().float()).to(BF16).float())
     w = loss_input(y, None)  # the term reads the network's dtype
     assert w.dtype == BF16 and w.data_ptr() == y.data_ptr()
+
+
+def _nst_naive(fs, ft):
+    s = torch.nn.functional.normalize(fs.flatten(2), dim=2)
+    t = torch.nn.functional.normalize(ft.flatten(2), dim=2)
+
+    def k(a, b):
+        return torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
+
+    return k(s, s) + k(t, t) - 2 * k(s, t)
+
+
+def _vid_naive(mu, t, ls, eps=1e-5):
+    var = (torch.nn.functional.softplus(ls) + eps).view(1, -1, 1, 1)
+    return (0.5 * ((t - mu).pow(2) / var + torch.log(var))).mean()
+
+
+@pytest.mark.parametrize("cs,ct,hw", [(3, 5, 4), (7, 9, 2)])  # the channel-Gram form, the second-moment form
+def test_hand_written_backwards_match_the_formulas(cs, ct, hw):
+    """NST's and VID's hand-written backward against autograd through the naive formula (float64)."""
+    g = torch.Generator().manual_seed(cs)
+    fs = torch.randn(2, cs, hw, hw, generator=g, dtype=torch.float64, requires_grad=True)
+    ft = torch.randn(2, ct, hw, hw, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(nst_loss, (fs, ft))
+    for got, want in zip(torch.autograd.grad(nst_loss(fs, ft), (fs, ft)), torch.autograd.grad(_nst_naive(fs, ft), (fs, ft))):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(nst_loss(fs, ft), _nst_naive(fs, ft), rtol=1e-12, atol=1e-14)
+    mu = torch.randn(2, cs, hw, hw, generator=g, dtype=torch.float64, requires_grad=True)
+    ls = torch.randn(cs, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(vid_loss, (mu, fs, ls))
+    for got, want in zip(torch.autograd.grad(vid_loss(mu, fs, ls), (mu, fs, ls)),
+                         torch.autograd.grad(_vid_naive(mu, fs, ls), (mu, fs, ls))):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -255,15 +255,44 @@ def vid_loss(student_mean: Tensor, teacher: Tensor, log_scale: Tensor, eps: floa
     ``σ² = 5``.
     """
     _same_shape("vid_loss", student_mean, teacher)
-    diff = _f32_diff(teacher, student_mean)
+    acc = torch.promote_types(torch.promote_types(teacher.dtype, student_mean.dtype), torch.float32)
     if not isinstance(log_scale, Tensor):
-        log_scale = torch.tensor(float(log_scale), dtype=diff.dtype, device=diff.device)
-    var = F.softplus(log_scale.to(diff.dtype)) + eps
-    if var.dim() == 1 and diff.dim() >= 2 and var.numel() == diff.shape[1]:
-        # per-channel variance: Σ (t − μ)² / σ²_c from per-channel sums of squares (one pass over the
-        # maps), and log σ²_c weighs every channel alike, so its mean over elements is its mean over channels
-        dims = [d for d in range(diff.dim()) if d != 1]
-        sum_sq = torch.linalg.vector_norm(diff, 2, dim=dims).square()
-        return 0.5 * (sum_sq / var).sum() / diff.numel() + 0.5 * torch.log(var).mean()
+        log_scale = torch.tensor(float(log_scale), dtype=acc, device=teacher.device)
+    var = F.softplus(log_scale.to(acc)) + eps
+    if var.dim() == 1 and teacher.dim() >= 2 and var.numel() == teacher.shape[1]:
+        return _PerChannelGaussianNLL.apply(teacher, student_mean, var)
+    diff = _f32_diff(teacher, student_mean)
     var = _per_channel(var, diff)
     return (0.5 * (diff.pow(2) / var + torch.log(var))).mean()
+
+
+class _PerChannelGaussianNLL(torch.autograd.Function):
+    """``vid_loss`` with one variance per channel, forward and backward by hand.
+
+    ``L = (1/N) Σ 0.5 (t − μ)² / σ²_c + 0.5 mean_c log σ²_c`` (every channel has the same number of
+    elements, so the mean of ``log σ²`` over elements is its mean over channels). Forward: the
+    difference (in float32 at least) and its per-channel sums of squares; backward: one scaled copy
+    of the difference per input that needs a gradient — where autograd would go through the
+    subtraction, the square, the division and the mean one pass each way.
+    """
+
+    @staticmethod
+    def forward(ctx, target: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+        diff = _f32_diff(target, mean)
+        dims = [d for d in range(diff.dim()) if d != 1]
+        sum_sq = torch.linalg.vector_norm(diff, 2, dim=dims).square()
+        n = diff.numel()
+        ctx.save_for_backward(diff, var, sum_sq)
+        ctx.n = n
+        return 0.5 * (sum_sq / var).sum() / n + 0.5 * torch.log(var).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        diff, var, sum_sq = ctx.saved_tensors
+        n, c = ctx.n, var.numel()
+        shape = [1, c] + [1] * (diff.dim() - 2)
+        scale = (grad / (var * n)).view(shape)  # ∂L/∂t = (t − μ) / (σ² N)
+        g_target = diff * scale if ctx.needs_input_grad[0] else None
+        g_mean = diff * (-scale) if ctx.needs_input_grad[1] else None
+        g_var = grad * 0.5 * (1.0 / (c * var) - sum_sq / (n * var * var)) if ctx.needs_input_grad[2] else None
+        return g_target, g_mean, g_var

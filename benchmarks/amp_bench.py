@@ -1,4 +1,4 @@
-"""The same as ``crossdistill bench amp [key=value ...] [--quick]``: see crossdistill/benchmarks_extra.py."""
+"""The same as ``crossdistill bench amp [key=value ...] [--quick]``: see src/crossdistill/bench/amp.py."""
 import sys
 
 from crossdistill.bench import run_bench

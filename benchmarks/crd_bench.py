@@ -2,7 +2,7 @@
 
     python benchmarks/crd_bench.py [n=50000 k=16384 b=64 dim=128 steps=10 out=runs/bench/crd.json] [--quick]
 
-The same as ``crossdistill bench crd ...``; see ``docs/crd.md`` for what is measured and how.
+The same as ``crossdistill bench crd ...`` (src/crossdistill/bench/crd.py); see ``docs/crd.md``.
 """
 import sys
 

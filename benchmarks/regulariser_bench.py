@@ -1,4 +1,4 @@
-"""The same as ``crossdistill bench regulariser [key=value ...] [--quick]``: see crossdistill/benchmarks_extra.py."""
+"""The same as ``crossdistill bench regulariser [key=value ...] [--quick]``: see src/crossdistill/bench/regulariser.py."""
 import sys
 
 from crossdistill.bench import run_bench

@@ -50,7 +50,9 @@ def build_data(cfg: Config):
     d = cfg.data
     train = _dataset(d.name, "train", d.root, json.dumps(d.options, sort_keys=True))
     info = train.info
-    train = IndexedDataset(AugmentedDataset(train, build_train_transform(info, d.augment), seed=cfg.seed))
+    tc = cfg.teacher_cache  # fixed views per sample, so that the teacher's outputs can be stored
+    train = IndexedDataset(AugmentedDataset(train, build_train_transform(info, d.augment), seed=cfg.seed,
+                                            views=tc.views if tc else None, view_seed=tc.seed if tc else 0))
     return train, build_test_set(d, cfg.seed), info
 
 
@@ -151,9 +153,13 @@ def build_student(cfg: Config, task: Task, in_channels: int) -> tuple[nn.Module,
     return model, spec
 
 
-def build_run(cfg: Config, allow_imports: bool = False) -> Run:
-    train, test, info = build_data(cfg)
-    task = build_task(cfg.task, info)
+def build_distiller(cfg: Config, info, task: Task, example: torch.Tensor, num_samples: int,
+                    labels: Optional[torch.Tensor] = None, allow_imports: bool = False,
+                    check_batch: Optional[Dict[str, Any]] = None) -> tuple[Distiller, Dict[str, Any]]:
+    """Student, teachers and terms of ``cfg`` joined in a :class:`Distiller`, set up for a training set
+    of ``num_samples`` samples (``labels``: their classes) — everything of a run but the data.
+    ``example`` is one input batch for the dry run; ``check_batch`` (a collated batch of two samples),
+    if given, checks that the student's output fits the task. Returns the distiller and the student's spec."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         student, spec = build_student(cfg, task, info.in_channels)
@@ -162,15 +168,24 @@ def build_run(cfg: Config, allow_imports: bool = False) -> Run:
         views = {n: VIEWS[t.input] for n, t in cfg.teachers.items() if t.input != "identity"}
         if cfg.distill.student_input != "identity":
             views["student"] = VIEWS[cfg.distill.student_input]
-        example = train[0]["input"].unsqueeze(0).repeat(2, 1, 1, 1)
         distiller = Distiller(student, teachers, terms, task=task, task_weight=cfg.distill.task_weight,
                               example_input=example, input_transforms=views)
+        if check_batch is not None:
+            view = views.get("student")
+            check_student_output(student, task, {**check_batch, "input": view(check_batch["input"]) if view
+                                                 else check_batch["input"]}, cfg.student.name)
+    distiller.setup(DataSetup(num_samples=num_samples, num_classes=info.num_classes, labels=labels))
+    return distiller, spec
+
+
+def build_run(cfg: Config, allow_imports: bool = False) -> Run:
+    train, test, info = build_data(cfg)
+    task = build_task(cfg.task, info)
+    with torch.random.fork_rng(devices=[]):  # reading samples leaves the global random stream as it was
+        example = train[0]["input"].unsqueeze(0).repeat(2, 1, 1, 1)
         batch = default_collate([train[0], train[min(1, len(train) - 1)]])
-        view = views.get("student")
-        check_student_output(student, task, {**batch, "input": view(batch["input"]) if view else batch["input"]},
-                             cfg.student.name)
-    labels = getattr(train, "labels", None)
-    distiller.setup(DataSetup(num_samples=len(train), num_classes=info.num_classes, labels=labels))
+    distiller, spec = build_distiller(cfg, info, task, example, len(train), getattr(train, "labels", None),
+                                      allow_imports, check_batch=batch)
     train = with_sample_fields(train, distiller, cfg.seed)
     return Run(cfg, train, test, task, distiller, spec)
 

@@ -119,6 +119,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def bench_names() -> List[str]:
+    from .bench import names
+
+    return names()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one ``error: ...`` line too (not usage text + message)."""
 
@@ -152,13 +158,13 @@ def parser() -> argparse.ArgumentParser:
     ls.set_defaults(fn=cmd_list)
 
     b = sub.add_parser("bench", help="speed/memory benchmarks, reported as ratios measured in one run")
-    b.add_argument("what", choices=["crd", "amp", "regulariser", "all"])
+    b.add_argument("what", choices=bench_names() + ["all"])
     b.add_argument("overrides", nargs="*", default=[], help="key=value, e.g. n=50000 k=16384")
     b.add_argument("--quick", action="store_true")
     b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser("reproduce", help="run an experiment grid over seeds and write tables and plots")
-    r.add_argument("what", choices=["cross-task", "zoo", "quickstart", "ensemble", "cross-modal"])
+    r.add_argument("what", choices=["cross-task", "zoo", "quickstart", "ensemble", "cross-modal", "teacher-cache"])
     r.add_argument("--quick", action="store_true")
     r.add_argument("--seeds", type=int, default=None)
     r.add_argument("--out", default=None)

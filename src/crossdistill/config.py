@@ -123,6 +123,18 @@ class TrainConfig(Strict):
     progress: bool = True
 
 
+class TeacherCacheConfig(Strict):
+    """The teacher's outputs stored once for ``views`` augmented views per sample (``teacher_cache.py``)."""
+
+    views: int = Field(8, ge=1)
+    dir: Optional[str] = None  # default <output_dir>/teacher_cache; give a shared folder to reuse it across runs
+    dtype: Literal["float16", "float32"] = "float16"
+    topk: Optional[int] = Field(None, gt=0)  # keep only the k largest logits of a [classes] output
+    seed: int = 0  # seeds the views' augmentation parameters (not the run's seed: runs can share a cache)
+    rebuild: bool = False  # a cache built for another teacher/data/augmentation: rebuild instead of refusing
+    fill_batch_size: Optional[int] = Field(None, gt=0)  # default: data.eval_batch_size or data.batch_size
+
+
 class Config(Strict):
     name: str = "run"
     seed: int = 0
@@ -133,6 +145,7 @@ class Config(Strict):
     teachers: Dict[str, TeacherConfig] = Field(default_factory=dict)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    teacher_cache: Optional[TeacherCacheConfig] = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,6 +312,9 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         raise ConfigError(_format_error(e)) from None
     check_teachers(cfg)
     check_terms(cfg)
+    if cfg.teacher_cache is not None and not cfg.teachers:
+        raise ConfigError("teacher_cache needs a teacher whose outputs it stores: add one under `teachers:` "
+                          "or remove teacher_cache")
     return cfg
 
 

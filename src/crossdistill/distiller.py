@@ -32,6 +32,12 @@ Batch = Dict[str, Tensor]
 MAIN = "main"
 
 
+def teacher_key(name: str, path: str) -> str:
+    """The batch field that may carry teacher ``name``'s tensor at ``path`` (e.g. from the teacher
+    cache); when a batch has every tensor the terms read of a teacher, that teacher does not run."""
+    return f"teacher/{name}/{path}"
+
+
 def resolve_side(model: nn.Module, side: str, role: str) -> List[str]:
     """Expand a side to module paths: an alias (``@pooled``, ``@encoder``, ``@stage:N``, ``@stages``,
     ``@preacts``, ``@preact:N``) or a module path, either one with the suffix ``:input`` to read the
@@ -82,6 +88,97 @@ def as_batch(batch) -> Batch:
     raise ConfigError(f"a batch must be a dict with an 'input' field, an (input, label) pair or a tensor, not {type(batch).__name__}")
 
 
+#: the compute-bound layers that run at the networks' precision inside a term (see ``_TermAutocast``)
+AUTOCAST_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                    nn.ConvTranspose3d)
+#: layers that may sit between them inside one low-precision region: elementwise activations, and
+#: BatchNorm, which runs the same way in the networks (statistics accumulated in float32 by the kernel)
+REGION_SAFE = AUTOCAST_MODULES + (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Identity, nn.Dropout,
+                                  nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _region(m: nn.Module) -> bool:
+    """A module that runs whole at low precision: a safe layer, or an ``nn.Sequential`` of them
+    (a Sequential's forward is its children in order: no hidden arithmetic)."""
+    if isinstance(m, nn.Sequential):
+        return all(_region(c) for c in m.children())
+    return isinstance(m, REGION_SAFE)
+
+
+class _TermAutocast:
+    """Runs the terms' convolutions and linear layers (projectors, regressors, paraphrasers, heads)
+    under the networks' autocast, and hands their outputs back in float32.
+
+    The terms themselves run with autocast off, so everything else — normalisations, resizing,
+    reductions, the loss arithmetic — stays in float32; only regions whose cost is matrix products
+    drop to the networks' precision: an ``nn.Sequential`` made only of convolutions / linear layers,
+    elementwise activations and BatchNorm runs whole (one cast in, one out), any other convolution
+    or linear layer alone. Without this, a bf16 network would pay fp32 convolutions for a method's
+    regressors. A forward pre-hook enters the autocast that :meth:`Distiller.forward` recorded, the
+    forward hook (``always_call``: also on an exception) leaves it and upcasts the output. Nothing
+    happens when the networks run in fp32 or outside ``forward`` (the dry run).
+    """
+
+    def __init__(self) -> None:
+        self.state: Optional[Tuple[str, torch.dtype]] = None  # (device type, dtype) while terms run
+        self._open: List[torch.autocast] = []
+
+    def install(self, module: nn.Module) -> List[torch.utils.hooks.RemovableHandle]:
+        handles = []
+
+        def visit(m: nn.Module, top: bool) -> None:
+            if not top and _region(m) and any(isinstance(x, AUTOCAST_MODULES) for x in m.modules()):
+                handles.append(m.register_forward_pre_hook(self._enter))
+                handles.append(m.register_forward_hook(self._leave, always_call=True))
+                return
+            for child in m.children():
+                visit(child, False)
+
+        for term in module.children():
+            visit(term, True)  # never the term itself: its forward holds the loss arithmetic
+        return handles
+
+    def _enter(self, _module, _args) -> None:
+        if self.state is None:
+            return
+        ctx = torch.autocast(self.state[0], dtype=self.state[1])
+        ctx.__enter__()
+        self._open.append(ctx)
+
+    def _leave(self, _module, _args, output):
+        if self.state is None or not self._open:
+            return None
+        self._open.pop().__exit__(None, None, None)
+        if isinstance(output, Tensor) and output.is_floating_point() and output.dtype != torch.float32:
+            return output.float()
+        return None
+
+
+class _LossInput(torch.autograd.Function):
+    """A tapped student tensor as a term reads it: cast to ``dtype`` (or a view when ``dtype`` is
+    None); its gradient goes back in the tensor's own dtype *and memory layout*. Computations on
+    the term's side (``flatten``, channel means) return NCHW gradients; a channels_last network
+    would otherwise get them in the other layout, and its convolutions' backward would pay for it."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dtype: Optional[torch.dtype]) -> Tensor:
+        ctx.dtype = x.dtype
+        ctx.layout = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and \
+            x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return x.to(dtype) if dtype is not None and dtype != x.dtype else x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad.to(dtype=ctx.dtype, memory_format=ctx.layout), None
+
+
+def loss_input(x: Tensor, dtype: Optional[torch.dtype] = torch.float32) -> Tensor:
+    """``x`` for a loss: in ``dtype`` (None: as it is), its gradient back in ``x``'s dtype and layout."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _LossInput.apply(x, dtype)
+    return x.to(dtype) if dtype is not None else x
+
+
 class Distiller(nn.Module):
     def __init__(
         self,
@@ -113,6 +210,8 @@ class Distiller(nn.Module):
         # per-network input views (cross-modal transfer): keys "student" or a teacher name
         self.input_transforms = dict(input_transforms or {})
         self.phase = MAIN
+        self._term_autocast = _TermAutocast()
+        self._autocast_handles: List[torch.utils.hooks.RemovableHandle] = []
         self.labels = self._labels()
         self._wire()
         self.built = False
@@ -161,6 +260,7 @@ class Distiller(nn.Module):
                 pairs += [(p, fn) for p in resolve_side(self.student, side, "student")]
             self._edits.append(pairs)
         self._s_edits = StudentEdits(self.student, [p for pairs in self._edits for p, _ in pairs], "student")
+        self._teacher_reads = {n: list(dict.fromkeys(ps)) for n, ps in teacher_paths.items()}
 
     @torch.no_grad()
     def build(self, example_input: Tensor) -> "Distiller":
@@ -180,6 +280,9 @@ class Distiller(nn.Module):
             self.student.train(was_training)
         device = next(self.student.parameters()).device
         self.terms.to(device)
+        for h in self._autocast_handles:
+            h.remove()
+        self._autocast_handles = self._term_autocast.install(self.terms)
         self.built = True
         return self
 
@@ -250,12 +353,33 @@ class Distiller(nn.Module):
         fn = self.input_transforms.get(who)
         return fn(x) if fn is not None else x
 
-    def _forward_networks(self, x: Tensor, active: List[bool], term_batches: Optional[List[Batch]] = None):
+    def teacher_reads(self) -> Dict[str, List[str]]:
+        """Per teacher, the paths (``output`` or module paths) that some term reads."""
+        return {n: list(ps) for n, ps in self._teacher_reads.items()}
+
+    @torch.no_grad()
+    def teacher_features(self, name: str, x: Tensor) -> Dict[str, Tensor]:
+        """Teacher ``name`` on input ``x`` (its own input view applied): every tensor a term reads of it."""
+        out = self.teachers[name](self._view(name, x))
+        feats = self._t_taps[name].pop()
+        feats[OUTPUT] = out
+        return {p: feats[p] for p in self._teacher_reads[name]}
+
+    def _from_batch(self, name: str, batch: Optional[Batch]) -> Optional[Dict[str, Tensor]]:
+        if not batch:
+            return None
+        keys = {p: teacher_key(name, p) for p in self._teacher_reads.get(name, ())}
+        if keys and all(k in batch for k in keys.values()):
+            return {p: batch[k] for p, k in keys.items()}
+        return None
+
+    def _forward_networks(self, x: Tensor, active: List[bool], term_batches: Optional[List[Batch]] = None,
+                          batch: Optional[Batch] = None):
         """Student and teachers on ``x``. With ``term_batches`` (the training forward: each term's view of the
         batch), the active terms' student edits apply: the teachers then run first, so that an edit can
-        read their tensors."""
+        read their tensors. A teacher whose tensors ``batch`` carries (the teacher cache) does not run."""
         editing = term_batches is not None and any(active[i] and self._edits[i] for i in range(len(self.terms)))
-        t_feats = self._forward_teachers(x, active) if editing else None
+        t_feats = self._forward_teachers(x, active, batch) if editing else None
         if editing:
             fns = {}
             for i, pairs in enumerate(self._edits):
@@ -272,7 +396,7 @@ class Distiller(nn.Module):
         s_feats = self._s_tap.pop()
         s_feats[OUTPUT] = out
         if t_feats is None:
-            t_feats = self._forward_teachers(x, active)
+            t_feats = self._forward_teachers(x, active, batch)
         return s_feats, t_feats
 
     @staticmethod
@@ -282,31 +406,33 @@ class Distiller(nn.Module):
             return lambda out: fn(out, t, batch)
         return lambda out: fn(inner(out), t, batch)
 
-    def _forward_teachers(self, x: Tensor, active: List[bool]) -> Dict[str, Dict[str, Tensor]]:
+    def _forward_teachers(self, x: Tensor, active: List[bool], batch: Optional[Batch] = None) -> Dict[str, Dict[str, Tensor]]:
         t_feats: Dict[str, Dict[str, Tensor]] = {}
-        needed = {n: None for i, term in enumerate(self.terms) if active[i] and term.needs_teacher for n in term.from_teacher}
-        with torch.no_grad():
-            for name in needed:
-                t_out = self.teachers[name](self._view(name, x))
-                feats = self._t_taps[name].pop()
-                feats[OUTPUT] = t_out
-                t_feats[name] = feats
+        needed = {n for i, term in enumerate(self.terms) if active[i] and term.needs_teacher for n in term.from_teacher}
+        for name in needed:
+            # the batch may carry the teacher's tensors (the teacher cache): then it does not run
+            t_feats[name] = self._from_batch(name, batch) or self.teacher_features(name, x)
         return t_feats
 
     def _term_inputs(self, i: int, s_feats, t_feats) -> Tuple[List[Tensor], List[Tensor]]:
-        s = [s_feats[p].float() for p in self._s_paths[i]]
-        return s, self._teacher_inputs(i, t_feats)
+        # float32 unless the term reads the networks' dtype itself (its losses upcast inside their reductions)
+        dtype = torch.float32 if self.terms[i].float32_inputs else None
+        s = [loss_input(s_feats[p], dtype) for p in self._s_paths[i]]
+        return s, self._teacher_inputs(i, t_feats, dtype)
 
-    def _teacher_inputs(self, i: int, t_feats) -> List[Tensor]:
+    def _teacher_inputs(self, i: int, t_feats, dtype: Optional[torch.dtype] = torch.float32) -> List[Tensor]:
         term = self.terms[i]
         t: List[Tensor] = []
         if term.needs_teacher:
             for p in self._t_paths[i]:
-                views = [t_feats[n][p].float() for n in term.from_teacher]
+                views = [t_feats[n][p] for n in term.from_teacher]
                 if len({tuple(v.shape) for v in views}) > 1:
                     raise ShapeError(f"ensemble teachers {term.from_teacher} give different shapes at '{p}': "
                                      f"{[tuple(v.shape) for v in views]}")
-                t.append(views[0] if len(views) == 1 else torch.stack(views).mean(0))
+                if len(views) == 1:
+                    t.append(views[0].to(dtype) if dtype is not None else views[0])
+                else:
+                    t.append(torch.stack([v.float() for v in views]).mean(0))
         return t
 
     def forward(self, batch) -> Tuple[Tensor, Dict[str, Tensor]]:
@@ -321,7 +447,8 @@ class Distiller(nn.Module):
         term_batches = [self._term_batch(i, batch) if active[i] else batch for i in range(len(self.terms))]
         try:
             # edits act in the training forward only (never in eval mode, predict, or the dry run)
-            s_feats, t_feats = self._forward_networks(batch["input"], active, term_batches if self.training else None)
+            s_feats, t_feats = self._forward_networks(batch["input"], active, term_batches if self.training else None,
+                                                      batch)
         except RuntimeError:
             self._check_channels(batch["input"])  # the likely cause, named; otherwise torch's own error
             raise
@@ -331,22 +458,27 @@ class Distiller(nn.Module):
             task_loss = self.task.loss(s_feats[OUTPUT].float(), batch)
             parts["task"] = task_loss.detach()
             total = total + self.task_weight * task_loss
-        # losses run in float32 whatever the networks' autocast precision
-        autocast_off = torch.autocast(s_feats[OUTPUT].device.type, enabled=False) \
-            if torch.is_autocast_enabled(s_feats[OUTPUT].device.type) else contextlib.nullcontext()
-        with autocast_off:
-            for i, (term, label) in enumerate(zip(self.terms, self.labels)):
-                if not active[i]:
-                    continue
-                s, t = self._term_inputs(i, s_feats, t_feats)
-                b = term_batches[i]
-                result = term(s, t, b) if phase == MAIN else term.phase_loss(phase, s, t, b)
-                loss, logs = split_loss(result)
-                parts[label] = loss.detach()
-                for k, v in logs.items():
-                    parts[f"{label}/{k}"] = v.detach()
-                # β weighs a term against the task loss; extra phases have no task loss to weigh against
-                total = total + (term.weight if phase == MAIN else 1.0) * loss
+        # losses run in float32 whatever the networks' autocast precision; the terms' convolutions and
+        # linear layers run at the networks' precision (_TermAutocast)
+        dev = s_feats[OUTPUT].device.type
+        amp = torch.is_autocast_enabled(dev)
+        self._term_autocast.state = (dev, torch.get_autocast_dtype(dev)) if amp else None
+        try:
+            with torch.autocast(dev, enabled=False) if amp else contextlib.nullcontext():
+                for i, (term, label) in enumerate(zip(self.terms, self.labels)):
+                    if not active[i]:
+                        continue
+                    s, t = self._term_inputs(i, s_feats, t_feats)
+                    b = term_batches[i]
+                    result = term(s, t, b) if phase == MAIN else term.phase_loss(phase, s, t, b)
+                    loss, logs = split_loss(result)
+                    parts[label] = loss.detach()
+                    for k, v in logs.items():
+                        parts[f"{label}/{k}"] = v.detach()
+                    # β weighs a term against the task loss; extra phases have no task loss to weigh against
+                    total = total + (term.weight if phase == MAIN else 1.0) * loss
+        finally:
+            self._term_autocast.state = None
         return total, parts
 
     def predict(self, x: Tensor) -> Tensor:
@@ -387,3 +519,6 @@ class Distiller(nn.Module):
         self._s_edits.remove()
         for tap in self._t_taps.values():
             tap.remove()
+        for h in self._autocast_handles:
+            h.remove()
+        self._autocast_handles = []

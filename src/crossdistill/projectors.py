@@ -31,6 +31,7 @@ def match_spatial(x: Tensor, size: Tuple[int, ...]) -> Tensor:
     if x.dim() != 4 or tuple(x.shape[-2:]) == tuple(size):
         return x
     mode = "area" if x.shape[-2] >= size[0] and x.shape[-1] >= size[1] else "bilinear"
+    x = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x  # resized values are loss inputs: float32
     return F.interpolate(x, size=size, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
 
 

@@ -3,6 +3,12 @@
 Every sample draws from its own RNG seeded by ``(seed, epoch, index)``, never from a shared
 stream. So the augmented batch at any step is the same whatever the number of workers, the
 rank, or whether the run was resumed mid-epoch — the basis of bit-identical crash-resume.
+
+With ``views=V`` (the teacher cache, ``crossdistill.teacher_cache``) a sample has V fixed augmented
+views instead of a fresh one per epoch: view ``v`` of sample ``i`` is the transform run under an RNG
+seeded by ``(view_seed, i, v)`` — its crop box, flip, … are a pure function of those three integers,
+so it can be replayed at any time without storing parameters — and each epoch picks one view per
+sample from ``(seed, epoch, i)``. The sample then carries its ``"view"``.
 """
 from __future__ import annotations
 
@@ -15,14 +21,25 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 _MIX = (1_000_003, 7_919, 104_729)
+_VIEW_SALT = 0x5EED_0F_7E1E
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
 
 
 class AugmentedDataset(Dataset):
-    def __init__(self, dataset: Dataset, transform: Optional[Callable[[Dict[str, Tensor]], Dict[str, Tensor]]], seed: int = 0):
+    def __init__(self, dataset: Dataset, transform: Optional[Callable[[Dict[str, Tensor]], Dict[str, Tensor]]], seed: int = 0,
+                 views: Optional[int] = None, view_seed: int = 0):
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
         self.epoch = 0
+        self.views = views
+        self.view_seed = view_seed
         self.info = getattr(dataset, "info", None)
         self.labels = getattr(dataset, "labels", None)
 
@@ -33,10 +50,27 @@ class AugmentedDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Dict[str, Tensor]:
+        if self.views is not None:
+            v = self.view_of(index)
+            sample = dict(self.view(index, v))
+            sample["view"] = torch.tensor(v, dtype=torch.long)
+            return sample
+        return self._transformed(index, (self.seed * _MIX[0] + self.epoch * _MIX[1] + int(index) * _MIX[2]) % (2**63 - 1))
+
+    def view_of(self, index: int) -> int:
+        """The view sample ``index`` shows in the current epoch: drawn from ``(seed, epoch, index)``."""
+        key = (self.seed * _MIX[0] + self.epoch * _MIX[1] + int(index) * _MIX[2] + _VIEW_SALT) % 2**64
+        return _splitmix64(key) % int(self.views or 1)
+
+    def view(self, index: int, view: int) -> Dict[str, Tensor]:
+        """View ``view`` of sample ``index``: the same tensors every time (any epoch, worker or rank)."""
+        key = (self.view_seed * _MIX[0] + (int(view) + 1) * _MIX[1] * _MIX[2] + int(index) * _MIX[2]) % 2**64
+        return self._transformed(index, _splitmix64(key ^ _VIEW_SALT) % (2**63 - 1))
+
+    def _transformed(self, index: int, seed: int) -> Dict[str, Tensor]:
         sample = self.dataset[index]
         if self.transform is None:
             return sample
-        seed = (self.seed * _MIX[0] + self.epoch * _MIX[1] + int(index) * _MIX[2]) % (2**63 - 1)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.transform(sample)

@@ -14,7 +14,8 @@ from ..errors import CheckpointError
 #: Config keys a resumed run may change: they do not touch the weights or the metrics.
 RESUME_MAY_CHANGE = ("output_dir", "data.num_workers", "train.progress", "train.log_every",
                      "train.checkpoint_every", "train.checkpoint_every_steps", "train.nonfinite", "train.device",
-                     "train.threads", "train.deterministic")
+                     "train.threads", "train.deterministic", "teacher_cache.dir", "teacher_cache.rebuild",
+                     "teacher_cache.fill_batch_size")
 
 
 def flatten(d: Any, prefix: str = "") -> Dict[str, Any]:

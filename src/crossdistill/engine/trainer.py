@@ -93,6 +93,11 @@ class Trainer:
         # TensorBoard hides events from the first step this process will (re)write
         start = self.saved_step + 1 if self.saved_step is not None else 0
         self.log = MetricLog(self.out, enabled=self.is_main, purge_step=start)
+        # the teacher cache (if configured) is opened or filled now, and then feeds the loader
+        from ..teacher_cache import attach
+
+        self.cache_info = attach(run, self.device, self.precision.dtype, self.precision.channels_last, self.rank, self.world, self.out,
+                                 log=(lambda m: print(m, file=sys.stderr, flush=True)) if self.is_main and self.tc.progress else None)
         self.sampler = EpochSampler(len(run.train_set), self.cfg.seed, True, self.rank, self.world)
         # the loaders draw their worker base seed from their own generator, never from the global RNG
         # (a fresh iterator per epoch, or after a resume, must not shift the global random stream)

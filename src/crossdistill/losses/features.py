@@ -3,6 +3,12 @@
 Inputs are already projected (connectors / regressors / paraphrasers are modules elsewhere) and
 already resized: a spatial mismatch raises :class:`~crossdistill.errors.ShapeError` rather than being
 silently interpolated. No function detaches the teacher; the caller does.
+
+``at_loss``, ``nst_loss`` and ``vid_loss`` also take maps in a lower precision (bf16 from an
+autocast network) and compute in float32 anyway: the upcast happens inside their first pass over
+the map (a float32-accumulating norm, or an op whose other operand is float32), so no float32 copy
+of a whole map is made, and their gradients come back in the map's own layout. The Distiller hands
+these methods the networks' tensors as they are (``Method.float32_inputs = False``).
 """
 from __future__ import annotations
 
@@ -18,6 +24,79 @@ from ..errors import ConfigError, ShapeError
 def _same_shape(name: str, a: Tensor, b: Tensor) -> None:
     if a.shape != b.shape:
         raise ShapeError(f"{name}: shapes {tuple(a.shape)} and {tuple(b.shape)} must match")
+
+
+def _acc(x: Tensor) -> torch.dtype:
+    """float32, or float64 for float64 input: the precision a loss computes in."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _f32_diff(a: Tensor, b: Tensor) -> Tensor:
+    """``a − b`` in float32 (at least): promoted inside the subtraction when one side is float32."""
+    if torch.promote_types(a.dtype, b.dtype) in (torch.float32, torch.float64):
+        return a - b
+    return a.float() - b.float()
+
+
+class _MMDPoly2(torch.autograd.Function):
+    """NST's MMD² with the kernel ``(xᵀy)²`` on L2-normalised rows, forward and backward by hand.
+
+    ``x_s``: ``[B, Cs, N]``, ``x_t``: ``[B, Ct, N]`` (rows normalised here, in float32 at least).
+    With ``A``, ``B`` the unit rows of one sample, ``Σ_ij (a_i·b_j)² = ||A Bᵀ||²_F = <AᵀA, BᵀB>_F``,
+    so the loss is computed from the ``[C, C]`` Gram matrices or, when ``N`` is the smaller side, from
+    the ``[N, N]`` second moments ``AᵀA/Cs − BᵀB/Ct`` (whichever needs fewer multiply-adds). The
+    backward is two (one) batched products per side plus three passes for the normalisation, where
+    autograd would differentiate each product's operands apart and go through the division step by step.
+    """
+
+    @staticmethod
+    def forward(ctx, x_s: Tensor, x_t: Tensor) -> Tensor:
+        acc = torch.promote_types(torch.promote_types(x_s.dtype, x_t.dtype), torch.float32)
+        n_s = torch.linalg.vector_norm(x_s, 2, dim=2, keepdim=True, dtype=acc).clamp_min(1e-12)
+        n_t = torch.linalg.vector_norm(x_t, 2, dim=2, keepdim=True, dtype=acc).clamp_min(1e-12)
+        s, t = x_s / n_s, x_t / n_t
+        b, cs, ct, n = s.shape[0], s.shape[1], t.shape[1], s.shape[2]
+        ctx.gram = cs * cs + ct * ct + cs * ct <= (cs + ct) * n
+        ctx.sizes = (b, cs, ct)
+        if ctx.gram:
+            g_ss, g_tt, g_st = torch.bmm(s, s.transpose(1, 2)), torch.bmm(t, t.transpose(1, 2)), torch.bmm(s, t.transpose(1, 2))
+            loss = (g_ss.square().sum() / (b * cs * cs) + g_tt.square().sum() / (b * ct * ct)
+                    - 2.0 * g_st.square().sum() / (b * cs * ct))
+            ctx.save_for_backward(s, t, n_s, n_t, g_ss, g_tt, g_st)
+        else:
+            d = torch.bmm(s.transpose(1, 2), s) / cs - torch.bmm(t.transpose(1, 2), t) / ct  # [B, N, N]
+            loss = d.square().sum() / b
+            ctx.save_for_backward(s, t, n_s, n_t, d)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        b, cs, ct = ctx.sizes
+        s, t, n_s, n_t = ctx.saved_tensors[:4]
+        need_s, need_t = ctx.needs_input_grad[:2]
+        d_s = d_t = None
+        if ctx.gram:
+            g_ss, g_tt, g_st = ctx.saved_tensors[4:]
+            cross = -4.0 * grad / (b * cs * ct)
+            if need_s:  # ∂/∂s: 4 G_ss s / (B Cs²) − 4 G_st t / (B Cs Ct)
+                d_s = torch.baddbmm(torch.bmm(g_st, t), g_ss, s, beta=cross, alpha=4.0 * grad / (b * cs * cs))
+            if need_t:
+                d_t = torch.baddbmm(torch.bmm(g_st.transpose(1, 2), s), g_tt, t, beta=cross,
+                                    alpha=4.0 * grad / (b * ct * ct))
+        else:
+            (d,) = ctx.saved_tensors[4:]  # symmetric
+            if need_s:
+                d_s = torch.bmm(s, d) * (4.0 * grad / (b * cs))
+            if need_t:
+                d_t = torch.bmm(t, d) * (-4.0 * grad / (b * ct))
+
+        def through_normalisation(u: Tensor, du: Tensor, norm: Tensor) -> Tensor:
+            # u = x / ||x||: dx = (du − u ⟨u, du⟩) / ||x||
+            dot = torch.linalg.vecdot(u, du, dim=2).unsqueeze(2)
+            return torch.addcmul(du, u, dot, value=-1.0).div_(norm)
+
+        return (through_normalisation(s, d_s, n_s) if need_s else None,
+                through_normalisation(t, d_t, n_t) if need_t else None)
 
 
 def _per_channel(value: Union[float, Tensor], like: Tensor) -> Union[float, Tensor]:
@@ -37,12 +116,14 @@ def attention_map(f: Tensor, p: float = 2.0) -> Tensor:
     """Spatial attention map of a ``[B, C, H, W]`` feature (Zagoruyko & Komodakis).
 
     ``a_b = normalize( mean_c |f_{b,c}|^p  flattened to H·W )`` with L2 normalisation per sample
-    (``eps = 1e-12``). Returns ``[B, H·W]``. ``|·|`` makes odd ``p`` well-defined; for the default
-    ``p = 2`` it is the reference's ``f.pow(2).mean(1)``.
+    (``eps = 1e-12``). Returns ``[B, H·W]`` in float32. ``|·|`` makes odd ``p`` well-defined; for the
+    default ``p = 2`` it is the reference's ``f.pow(2).mean(1)``. Computed as ``||f||_p^p`` over the
+    channels (the ``1/C`` of the mean cancels in the normalisation): one float32-accumulating pass
+    over the map instead of four (abs, pow, mean, and a float32 copy).
     """
     if f.dim() < 3:
         raise ShapeError(f"attention_map needs a [B, C, H, W] map, got {tuple(f.shape)}")
-    am = f.abs().pow(p).mean(dim=1).flatten(1)
+    am = torch.linalg.vector_norm(f, ord=p, dim=1, dtype=_acc(f)).pow(p).flatten(1)
     return F.normalize(am, p=2.0, dim=1)
 
 
@@ -150,19 +231,14 @@ def nst_loss(fs: Tensor, ft: Tensor) -> Tensor:
         L = mean_{b,i,j} k(s_i, s_j) + mean_{b,i,j} k(t_i, t_j) − 2 · mean_{b,i,j} k(s_i, t_j)
 
     (polynomial kernel of degree 2 with ``c = 0``; means over batch and channel pairs). Channel counts
-    may differ; spatial sizes must match.
+    may differ; spatial sizes must match. Computed in float32 (float64 for float64 input) with a
+    hand-written backward (``_MMDPoly2``).
     """
     if fs.shape[0] != ft.shape[0] or fs.shape[2:] != ft.shape[2:]:
         raise ShapeError(
             f"nst_loss: batch and spatial sizes must match (resize first), got {tuple(fs.shape)} and {tuple(ft.shape)}"
         )
-    s = F.normalize(fs.flatten(2), p=2.0, dim=2)
-    t = F.normalize(ft.flatten(2), p=2.0, dim=2)
-
-    def k(a: Tensor, b: Tensor) -> Tensor:
-        return torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
-
-    return k(s, s) + k(t, t) - 2.0 * k(s, t)
+    return _MMDPoly2.apply(fs.flatten(2), ft.flatten(2))
 
 
 def vid_loss(student_mean: Tensor, teacher: Tensor, log_scale: Tensor, eps: float = 1e-5) -> Tensor:
@@ -179,5 +255,44 @@ def vid_loss(student_mean: Tensor, teacher: Tensor, log_scale: Tensor, eps: floa
     ``σ² = 5``.
     """
     _same_shape("vid_loss", student_mean, teacher)
-    var = F.softplus(_per_channel(log_scale, student_mean)) + eps
-    return (0.5 * ((teacher - student_mean).pow(2) / var + torch.log(var))).mean()
+    acc = torch.promote_types(torch.promote_types(teacher.dtype, student_mean.dtype), torch.float32)
+    if not isinstance(log_scale, Tensor):
+        log_scale = torch.tensor(float(log_scale), dtype=acc, device=teacher.device)
+    var = F.softplus(log_scale.to(acc)) + eps
+    if var.dim() == 1 and teacher.dim() >= 2 and var.numel() == teacher.shape[1]:
+        return _PerChannelGaussianNLL.apply(teacher, student_mean, var)
+    diff = _f32_diff(teacher, student_mean)
+    var = _per_channel(var, diff)
+    return (0.5 * (diff.pow(2) / var + torch.log(var))).mean()
+
+
+class _PerChannelGaussianNLL(torch.autograd.Function):
+    """``vid_loss`` with one variance per channel, forward and backward by hand.
+
+    ``L = (1/N) Σ 0.5 (t − μ)² / σ²_c + 0.5 mean_c log σ²_c`` (every channel has the same number of
+    elements, so the mean of ``log σ²`` over elements is its mean over channels). Forward: the
+    difference (in float32 at least) and its per-channel sums of squares; backward: one scaled copy
+    of the difference per input that needs a gradient — where autograd would go through the
+    subtraction, the square, the division and the mean one pass each way.
+    """
+
+    @staticmethod
+    def forward(ctx, target: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+        diff = _f32_diff(target, mean)
+        dims = [d for d in range(diff.dim()) if d != 1]
+        sum_sq = torch.linalg.vector_norm(diff, 2, dim=dims).square()
+        n = diff.numel()
+        ctx.save_for_backward(diff, var, sum_sq)
+        ctx.n = n
+        return 0.5 * (sum_sq / var).sum() / n + 0.5 * torch.log(var).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        diff, var, sum_sq = ctx.saved_tensors
+        n, c = ctx.n, var.numel()
+        shape = [1, c] + [1] * (diff.dim() - 2)
+        scale = (grad / (var * n)).view(shape)  # ∂L/∂t = (t − μ) / (σ² N)
+        g_target = diff * scale if ctx.needs_input_grad[0] else None
+        g_mean = diff * (-scale) if ctx.needs_input_grad[1] else None
+        g_var = grad * 0.5 * (1.0 / (c * var) - sum_sq / (n * var * var)) if ctx.needs_input_grad[2] else None
+        return g_target, g_mean, g_var

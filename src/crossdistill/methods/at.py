@@ -16,6 +16,7 @@ class AT(Method):
     default_weight = 1000.0
     default_student = "@stages"
     default_teacher = "@stages"
+    float32_inputs = False  # its loss upcasts inside its first pass (losses/features.py)
 
     def __init__(self, p: Positive = 2.0, **sides):
         super().__init__(**sides)

@@ -107,6 +107,10 @@ class Method(nn.Module):
     default_weight: ClassVar[float] = 1.0
     #: teacher-free methods set this to False; no teacher forward then happens for them
     needs_teacher: ClassVar[bool] = True
+    #: the Distiller hands the term float32 tensors; a method whose losses read the networks' dtype
+    #: (bf16 under autocast) and upcast inside their own reductions sets False, saving a full copy of
+    #: every tapped map
+    float32_inputs: ClassVar[bool] = True
     #: default sides, overridable per instance
     default_student: ClassVar[Side] = "output"
     default_teacher: ClassVar[Side] = "output"

@@ -16,6 +16,7 @@ class NST(Method):
     default_weight = 50.0
     default_student = "@stages"
     default_teacher = "@stages"
+    float32_inputs = False  # its loss upcasts inside its first pass (losses/features.py)
 
     def build(self, s, t):
         check_pairs("nst", s, t)

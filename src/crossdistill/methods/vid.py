@@ -39,6 +39,7 @@ class VID(Method):
     default_weight = 1.0
     default_student = "@stages"
     default_teacher = "@stages"
+    float32_inputs = False  # its loss upcasts inside its first pass (losses/features.py)
 
     def __init__(self, projector: Literal["standard", "inverted"] = "standard", init_variance: Positive = 5.0,
                  eps: Positive = 1e-5, **sides):

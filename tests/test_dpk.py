@@ -1,0 +1,409 @@
+"""DPK: linear CKA, patch masks and mixing, the method (share direction, schedules, inverted guard,
+training), its checkpointed state, bad input, recipes.
+
+The expected values are computed here from the formulas (docs/dpk.md), never pasted from a run.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+from torch.testing import assert_close
+
+from crossdistill.distiller import Distiller
+from crossdistill.errors import ConfigError, ShapeError
+from crossdistill.losses import centred_gram, hint_loss, kd_loss, linear_cka, mix_patches, patch_mask
+from crossdistill.methods import METHODS, build_method
+from crossdistill.methods.dpk import DPK, mask_seed
+from crossdistill.models import create_model
+from crossdistill.tasks import create_task
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine is shared: one thread is as fast here and does not starve the neighbours."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# -- linear CKA --------------------------------------------------------------------------------------
+def cka_by_hsic(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The textbook definition, in float64, with an explicit centring matrix H."""
+    x, y = x.double().flatten(1), y.double().flatten(1)
+    n = x.shape[0]
+    h = torch.eye(n, dtype=torch.float64) - torch.full((n, n), 1.0 / n, dtype=torch.float64)
+
+    def hsic(k, l_):
+        return torch.trace(k @ h @ l_ @ h) / (n - 1) ** 2
+
+    k, l_ = x @ x.t(), y @ y.t()
+    return hsic(k, l_) / torch.sqrt(hsic(k, k) * hsic(l_, l_))
+
+
+def cka_by_features(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The feature-space form ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) on centred features (small D only)."""
+    x, y = x.double().flatten(1), y.double().flatten(1)
+    x, y = x - x.mean(0), y - y.mean(0)
+    return (y.t() @ x).pow(2).sum() / (torch.linalg.matrix_norm(x.t() @ x) * torch.linalg.matrix_norm(y.t() @ y))
+
+
+def test_linear_cka_matches_the_hsic_definition_and_the_feature_form():
+    g = gen(0)
+    x = torch.randn(12, 5, generator=g)
+    y = x @ torch.randn(5, 7, generator=g) + 0.5 * torch.randn(12, 7, generator=g)
+    expected = cka_by_hsic(x, y)
+    assert 0.2 < expected < 0.99
+    assert_close(cka_by_features(x, y), expected)
+    assert_close(linear_cka(x.double(), y.double()), expected)
+    assert_close(linear_cka(x, y).double(), expected, rtol=1e-5, atol=1e-6)  # float32 input
+    assert linear_cka(x, y).dtype == torch.float32
+    # the centred Gram matrix is H K H
+    n = x.shape[0]
+    h = torch.eye(n) - 1.0 / n
+    assert_close(centred_gram(x), h @ (x @ x.t()) @ h, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_cka_of_feature_maps_in_any_memory_layout():
+    g = gen(1)
+    x, y = torch.randn(6, 3, 4, 4, generator=g), torch.randn(6, 8, 2, 2, generator=g)
+    expected = cka_by_hsic(x, y)
+    assert_close(linear_cka(x, y).double(), expected, rtol=1e-5, atol=1e-6)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert_close(linear_cka(cl, y).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_cka_is_one_for_identical_inputs_and_invariant_to_rotation_and_scale():
+    g = gen(2)
+    x = torch.randn(32, 10, generator=g, dtype=torch.float64)
+    y = torch.tanh(x @ torch.randn(10, 6, generator=g, dtype=torch.float64))
+    assert_close(linear_cka(x, x), torch.tensor(1.0, dtype=torch.float64))
+    base = linear_cka(x, y)
+    q, _ = torch.linalg.qr(torch.randn(10, 10, generator=g, dtype=torch.float64))
+    r, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    assert_close(linear_cka(x @ q, y), base)
+    assert_close(linear_cka(x, y @ r), base)
+    assert_close(linear_cka(7.5 * x, 0.01 * y), base)
+    assert_close(linear_cka(x @ q * 3.0, y @ r), base)
+    # ...but not to a non-isotropic scaling (a check that the test can fail)
+    stretch = torch.ones(10, dtype=torch.float64)
+    stretch[0] = 20.0
+    assert (linear_cka(x * stretch, y) - base).abs() > 1e-3
+
+
+def test_linear_cka_is_near_zero_for_independent_features_at_large_n():
+    g = gen(3)
+    n, dx, dy = 3000, 6, 9
+    x, y = torch.randn(n, dx, generator=g), torch.randn(n, dy, generator=g)
+    # for independent features E‖YᵀX‖² = n·dx·dy and ‖XᵀX‖ ≈ n·√dx: CKA ≈ √(dx·dy)/n
+    assert linear_cka(x, y) < 10 * math.sqrt(dx * dy) / n
+    assert linear_cka(x, x + 0.1 * torch.randn(n, dx, generator=g)) > 0.95  # dependent: high
+
+
+def test_linear_cka_uses_the_smaller_of_the_two_forms():
+    g = gen(4)
+    tall = torch.randn(40, 3, generator=g, dtype=torch.float64)  # B > D: the feature form is smaller
+    other = tall @ torch.randn(3, 2, generator=g, dtype=torch.float64) + torch.randn(40, 2, generator=g, dtype=torch.float64)
+    assert_close(linear_cka(tall, other), cka_by_hsic(tall, other))
+    assert linear_cka(torch.full((40, 3), 0.1), other.float()) == 0  # constant side, feature form
+
+
+def test_linear_cka_never_forms_a_d_by_d_matrix():
+    # D = 2^21 features per sample: a D×D matrix would need 16 TiB, the Gram form needs 4×4
+    x = torch.randn(4, 2 ** 21)
+    assert 0.99 < float(linear_cka(x, 2 * x)) <= 1.0
+
+
+def test_linear_cka_edge_cases():
+    x = torch.randn(8, 5)
+    assert linear_cka(torch.ones(8, 5), x) == 0  # a side that does not vary: no alignment, not NaN
+    assert linear_cka(x[:1], x[:1]) == 0  # one sample
+    with pytest.raises(ShapeError, match="same batch size"):
+        linear_cka(x, torch.randn(7, 5))
+
+
+# -- patch masks and mixing --------------------------------------------------------------------------
+def test_masks_are_patchwise_differ_across_samples_and_are_reproducible():
+    m = patch_mask(16, 8, 12, 4, 0.5, gen(0))
+    assert m.shape == (16, 1, 8, 12) and m.dtype == torch.bool
+    patches = m.view(16, 2, 4, 3, 4)  # [B, rows, p, cols, p]
+    assert torch.equal(patches, patches[:, :, :1, :, :1].expand_as(patches))  # constant inside a patch
+    per_sample = m.flatten(1)
+    assert len({tuple(r.tolist()) for r in per_sample}) > 8  # drawn independently for every sample
+    assert torch.equal(m, patch_mask(16, 8, 12, 4, 0.5, gen(0)))  # same generator seed: same masks
+    assert not torch.equal(m, patch_mask(16, 8, 12, 4, 0.5, gen(1)))
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5, 0.85])
+def test_masks_match_the_share_in_expectation(share):
+    m = patch_mask(1024, 16, 16, 2, share, gen(7))  # 65 536 independent patches
+    se = math.sqrt(share * (1 - share) / (1024 * 64))
+    assert abs(m.float().mean().item() - share) < 5 * se
+    # a 0-d tensor share (as the method passes it) gives the same draw
+    assert torch.equal(m, patch_mask(1024, 16, 16, 2, torch.tensor(share), gen(7)))
+
+
+def test_mask_extremes_and_bad_patch():
+    assert not patch_mask(4, 4, 4, 2, 0.0, gen(0)).any()
+    assert patch_mask(4, 4, 4, 2, 1.0, gen(0)).all()
+    with pytest.raises(ShapeError, match="does not tile"):
+        patch_mask(4, 6, 6, 4, 0.5, gen(0))
+
+
+def test_mixing_takes_teacher_patches_and_student_gradients_elsewhere():
+    s = torch.randn(3, 2, 4, 4, requires_grad=True)
+    t = torch.randn(3, 2, 4, 4)
+    mask = patch_mask(3, 4, 4, 2, 0.5, gen(4))
+    mixed = mix_patches(s, t, mask)
+    m = mask.expand_as(s)
+    assert torch.equal(mixed[m], t[m]) and torch.equal(mixed[~m], s.detach()[~m])
+    mixed.sum().backward()
+    assert torch.equal(s.grad, (~m).float())
+    with pytest.raises(ShapeError, match="same shape"):
+        mix_patches(s, t[:, :1], mask)
+
+
+def test_mask_seed_is_a_pure_function_of_seed_step_stage_rank():
+    seeds = {mask_seed(s, n, i, r) for s in (0, 1) for n in range(50) for i in range(4) for r in range(2)}
+    assert len(seeds) == 2 * 50 * 4 * 2 and all(0 <= v < 2 ** 63 for v in seeds)
+    assert mask_seed(5, 3, 1) == mask_seed(5, 3, 1, 0)
+
+
+# -- the method ------------------------------------------------------------------------------------
+def shapes_batch(n=16, size=16, seed=0):
+    from crossdistill.data import create_dataset
+
+    ds = create_dataset("shapes", "train", num_classes=4, image_size=size, train_size=n, test_size=4, seed=seed)
+    items = [ds[i] for i in range(n)]
+    return {"input": torch.stack([it["input"] for it in items]), "label": torch.stack([it["label"] for it in items])}
+
+
+def calibrated(name: str, num_classes: int = 4, seed: int = 1, x=None) -> torch.nn.Module:
+    """A random network whose BN statistics are set on data, so that its eval-mode maps have a
+    trained network's scale (a fresh BN in eval mode normalises nothing)."""
+    torch.manual_seed(seed)
+    net = create_model(name, num_classes=num_classes)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    with torch.no_grad():
+        net.train()(shapes_batch()["input"] if x is None else x)
+    return net.eval()
+
+
+def dpk_distiller(student_model="resnet8", teacher_model="resnet14", **opts):
+    x = shapes_batch()["input"]
+    torch.manual_seed(0)
+    s = create_model(student_model, num_classes=4)
+    return Distiller(s, calibrated(teacher_model), [build_method("dpk", **opts)],
+                     task=create_task("classification", 4), example_input=x)
+
+
+def capture(model, paths):
+    out = {}
+    for p in paths:
+        model.get_submodule(p).register_forward_hook(lambda m, i, o, p=p: out.__setitem__(p, o))
+    return out
+
+
+def test_registered_and_listed(capsys):
+    from crossdistill import cli
+
+    assert METHODS.get("dpk") is DPK and DPK.default_student == DPK.default_teacher == "@stages"
+    assert cli.main(["list", "methods"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("dpk "))
+    assert "Qiu" in line
+
+
+@pytest.mark.parametrize("direction", ["standard", "inverted"])
+def test_loss_is_the_pure_loss_of_the_tapped_tensors(direction):
+    d = dpk_distiller(projector=direction, schedule="fixed", share=0.4, T=3.0, kd_weight=0.7, feature_weight=2.0)
+    term = d.terms[0]
+    stages = ["layer1", "layer2", "layer3"]
+    assert term.patches == [4, 2, 1]  # the same 4×4-pixel region at every stage of a 16 px input
+    d.train()
+    for _ in range(3):  # a few steps move the step counter (the masks' seed) and the BN statistics
+        d(shapes_batch())
+    d.eval()  # eval: the method's modules give the same values when called again; no state update
+    b = shapes_batch(seed=3)
+    s, t = capture(d.student, stages), capture(d.teachers["default"], stages)
+    with torch.no_grad():
+        _, parts = d(b)
+        s_out, t_out = d.student(b["input"]), d.teachers["default"](b["input"])
+        expected = 0.0
+        for i, p in enumerate(stages):
+            z_s, z_t = term.projectors[i](s[p], t[p])
+            if direction == "standard":  # student → teacher space; the raw teacher map is the target
+                assert z_s.shape[1] == t[p].shape[1] and torch.equal(z_t, t[p])
+            else:  # teacher → student space through a semi-orthogonal map
+                assert z_t.shape[1] == s[p].shape[1]
+            g = torch.Generator().manual_seed(mask_seed(int(term.mask_seed), 3, i))
+            mask = patch_mask(z_s.shape[0], z_s.shape[2], z_s.shape[3], term.patches[i], 0.4, g)
+            loss_i = hint_loss(term.generators[i](mix_patches(z_s, z_t, mask)), z_t)
+            assert_close(parts[f"dpk/loss/{i}"], loss_i)
+            assert_close(parts[f"dpk/cka/{i}"], linear_cka(s[p], t[p]))
+            assert_close(parts[f"dpk/share/{i}"], torch.tensor(0.4))
+            expected = expected + loss_i
+        expected = 2.0 * expected + 0.7 * kd_loss(s_out, t_out, 3.0)
+    assert_close(parts["dpk"], expected, rtol=1e-5, atol=1e-6)
+    assert_close(parts["dpk/kd"], kd_loss(s_out, t_out, 3.0))
+
+
+def test_the_share_follows_the_gap_one_minus_smoothed_cka():
+    """The curriculum's direction: a growing gap (falling CKA) raises the teacher share, a closing
+    gap lowers it; share = 1 − EMA(CKA) with EMA r ← m·r + (1 − m)·CKA from r = cka_init."""
+    g = gen(5)
+    term = DPK(cka_momentum=0.8, cka_init=0.5, kd_weight=0.0)
+    maps = torch.randn(64, 4, 2, 2, generator=g)
+    logits = torch.zeros(64, 3)
+    term.build([maps, logits], [maps, logits])
+    term.train()
+
+    def step(s_map, t_map):
+        parts = term([s_map, logits], [t_map, logits], {})
+        return float(parts["share/0"]), float(parts["cka/0"])
+
+    share, cka = step(maps, maps)  # identical maps: CKA = 1
+    assert cka == pytest.approx(1.0) and share == pytest.approx(1 - (0.8 * 0.5 + 0.2 * 1.0))
+    closing = [share] + [step(maps, 3 * maps)[0] for _ in range(5)]
+    assert all(b < a for a, b in zip(closing, closing[1:])), closing  # gap closed: less teacher
+    growing = []
+    for _ in range(6):  # unrelated maps: CKA far below the smoothed value
+        other = torch.randn(64, 4, 2, 2, generator=g)
+        share, cka = step(maps, other)
+        assert cka < 0.5
+        growing.append(share)
+    assert all(b > a for a, b in zip(growing, growing[1:])), growing  # gap grew: more teacher
+    assert_close(term.shares(), 1 - term.cka_ema)
+    term.eval()
+    before = term.cka_ema.clone()
+    step(maps, maps)
+    assert torch.equal(term.cka_ema, before) and term._step == 12  # evaluation changes no state
+
+
+def test_fixed_and_linear_schedules():
+    maps, logits = torch.randn(8, 4, 4, 4), torch.zeros(8, 3)
+    fixed = DPK(schedule="fixed", share=0.3)
+    fixed.build([maps, logits], [maps, logits])
+    fixed.train()
+    assert float(fixed([maps, logits], [maps, logits], {})["share/0"]) == pytest.approx(0.3)
+    linear = DPK(schedule="linear", share_start=0.8, share_end=0.2)
+    linear.build([maps, logits], [maps, logits])
+    seen = []
+    for epoch in range(4):
+        linear.on_epoch_start(epoch, 4)
+        seen.append(float(linear([maps, logits], [maps, logits], {})["share/0"]))
+    assert seen == pytest.approx([0.8, 0.6, 0.4, 0.2])
+
+
+def test_the_mask_uses_the_share_no_teacher_patch_at_zero_no_student_patch_at_one():
+    d0 = dpk_distiller(schedule="fixed", share=0.0, kd_weight=0.0)
+    d1 = dpk_distiller(schedule="fixed", share=1.0, kd_weight=0.0)
+    b = shapes_batch()
+    loss0, _ = d0(b)
+    d0.zero_grad()
+    d0.terms[0](*d0._term_inputs(0, *d0._forward_networks(b["input"], [True])), b)["loss"].backward()
+    assert d0.student.layer1[0].conv1.weight.grad.abs().sum() > 0
+    d1.zero_grad()
+    d1.terms[0](*d1._term_inputs(0, *d1._forward_networks(b["input"], [True])), b)["loss"].backward()
+    # only teacher patches: the generator sees no student feature, the student gets no gradient
+    assert d1.student.layer1[0].conv1.weight.grad is None or d1.student.layer1[0].conv1.weight.grad.abs().sum() == 0
+
+
+def test_inverted_alignment_does_not_collapse_where_an_unprotected_map_does():
+    """Inverted: the target P(t) is made by a trainable map; unconstrained, P → 0 and G → 0 drive the
+    loss to 0 (the target's RMS falls towards 0). The semi-orthogonal P cannot: with C_s < C_t it keeps
+    at least the energy of the teacher's weakest C_s directions. For t = ReLU(N(0, 1)) i.i.d. per
+    channel, E[t tᵀ] = σ²I + μ²11ᵀ with μ = 1/√(2π), σ² = 1/2 − μ², so RMS(P t) ≥ σ."""
+    mu = 1 / math.sqrt(2 * math.pi)
+    sigma = math.sqrt(0.5 - mu ** 2)
+    c_s, c_t = 8, 16
+
+    def rms_after_training(protected: bool) -> float:
+        torch.manual_seed(0)
+        term = DPK(projector="inverted", schedule="fixed", share=0.5, kd_weight=0.0, patch_size=2)
+        logits = torch.zeros(32, 3)
+        term.build([torch.randn(32, c_s, 8, 8), logits], [torch.randn(32, c_t, 8, 8), logits])
+        proj = term.projectors[0].map
+        if not protected:  # the same map, the same start, without the constraint
+            parametrize.remove_parametrizations(proj, "weight", leave_parametrized=True)
+        opt = torch.optim.SGD(term.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        g = gen(1)
+        term.train()
+        for _ in range(600):
+            s_map = F.relu(torch.randn(32, c_s, 8, 8, generator=g))
+            t_map = F.relu(torch.randn(32, c_t, 8, 8, generator=g))
+            loss = term([s_map, logits], [t_map, logits], {})["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return proj(F.relu(torch.randn(256, c_t, 8, 8, generator=g))).pow(2).mean().sqrt().item()
+
+    assert rms_after_training(protected=False) < 0.2 * sigma  # collapsing (and still falling)
+    assert rms_after_training(protected=True) > 0.95 * sigma  # bounded away from 0
+
+
+def test_semi_orthogonal_map_is_an_isometry_when_the_student_is_wider():
+    term = DPK(projector="inverted")
+    logits = torch.zeros(4, 3)
+    term.build([torch.randn(4, 12, 4, 4), logits], [torch.randn(4, 5, 4, 4), logits])
+    w = term.projectors[0].map.weight.flatten(1)  # [12, 5]: orthonormal columns
+    assert_close(w.t() @ w, torch.eye(5), atol=1e-5, rtol=0)
+    z = torch.randn(3, 5, 4, 4)
+    assert_close(term.projectors[0].map(z).pow(2).sum(1), z.pow(2).sum(1), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="projector_kind=linear"):
+        DPK(projector="inverted", projector_kind="conv_bn")
+
+
+def test_few_steps_on_built_in_data_lower_the_loss():
+    d = dpk_distiller(schedule="fixed", share=0.5)
+    opt = torch.optim.Adam(d.trainable_parameters(), lr=3e-3)
+    d.train()
+    values = []
+    for _ in range(15):
+        loss, parts = d(shapes_batch())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        values.append(float(parts["dpk"]))
+    assert sum(values[-3:]) < 0.8 * sum(values[:3]), values
+
+
+def test_state_dict_carries_the_gap_the_step_and_the_mask_seed():
+    d = dpk_distiller()
+    d.train()
+    for _ in range(4):
+        d(shapes_batch())
+    term = d.terms[0]
+    assert term._step == 4 and int(term.steps) == 4
+    state = d.state_dict()
+    assert {"terms.0.cka_ema", "terms.0.steps", "terms.0.mask_seed"} <= set(state)
+    fresh = dpk_distiller()
+    fresh.terms[0].mask_seed.fill_(12345)  # as if built under another seed
+    fresh.load_state_dict(state)
+    other = fresh.terms[0]
+    assert other._step == 4 and other._seed == term._seed and torch.equal(other.cka_ema, term.cka_ema)
+    b = shapes_batch(seed=2)
+    d.train(), fresh.train()
+    assert_close(d(b)[1]["dpk"], fresh(b)[1]["dpk"])  # same masks, same loss
+
+
+def test_build_errors():
+    with pytest.raises(ConfigError, match="patch_size 3 does not divide stage 0's 16×16"):
+        dpk_distiller(patch_size=3)
+    with pytest.raises(ConfigError, match="one per stage"):
+        dpk_distiller(patch_size=[4, 2])
+    with pytest.raises(ConfigError, match="2 student maps but 3 teacher maps"):
+        dpk_distiller(student=["layer1", "layer2"])
+    with pytest.raises(ShapeError, match="not \\[B, C, H, W\\]"):
+        dpk_distiller(student="@pooled", teacher="@pooled")
+    assert dpk_distiller(patch_size=[2, 1, 1]).terms[0].patches == [2, 1, 1]

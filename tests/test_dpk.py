@@ -407,3 +407,176 @@ def test_build_errors():
     with pytest.raises(ShapeError, match="not \\[B, C, H, W\\]"):
         dpk_distiller(student="@pooled", teacher="@pooled")
     assert dpk_distiller(patch_size=[2, 1, 1]).terms[0].patches == [2, 1, 1]
+
+
+def test_cka_can_be_measured_on_the_first_samples_of_a_large_batch():
+    g = gen(6)
+    s_map, t_map, logits = torch.randn(32, 4, 4, 4, generator=g), torch.randn(32, 6, 4, 4, generator=g), torch.zeros(32, 3)
+    term = DPK(cka_batch=8, kd_weight=0.0)
+    term.build([s_map, logits], [t_map, logits])
+    parts = term([s_map, logits], [t_map, logits], {})
+    assert_close(parts["cka/0"], linear_cka(s_map[:8], t_map[:8]))
+
+
+# -- through the CLI: bad input, resume, export, recipes ---------------------------------------------
+TINY = """
+name: dpk-test
+seed: 3
+output_dir: {out}
+data:
+  name: shapes
+  options: {{num_classes: 4, image_size: 16, train_size: 128, test_size: 32}}
+  batch_size: 16
+student: {{name: resnet8}}
+teachers:
+  default: {{model: resnet14, num_classes: 4, random_init: true, seed: 1}}
+distill:
+  task_weight: 1.0
+  terms:
+    - {{method: dpk, weight: 1.0}}
+train:
+  epochs: 3
+  device: cpu
+  precision: fp32
+  threads: 1
+  schedule: {{name: cosine}}
+  optimizer: {{name: sgd, lr: 0.05}}
+  log_every: 1
+  checkpoint_every_steps: 3
+  progress: false
+"""
+
+BAD = [
+    ("unknown-stage", ["distill.terms.0.student=[layer1, layer9, layer3]"], "student has no layer 'layer9'"),
+    ("patch-does-not-divide", ["distill.terms.0.patch_size=3"], "patch_size 3 does not divide stage 0's 16×16"),
+    ("share-above-one", ["distill.terms.0.schedule=fixed", "distill.terms.0.share=1.5"], "bad value for 'share' (1.5)"),
+    ("share-below-zero", ["distill.terms.0.share_start=-0.1"], "bad value for 'share_start' (-0.1)"),
+    ("cka-init-outside", ["distill.terms.0.cka_init=2"], "less than or equal to 1"),
+    ("no-teacher", ["teachers={}"], "method 'dpk' reads teacher 'default', but the teachers are: none"),
+    ("bad-schedule", ["distill.terms.0.schedule=cosine"], "bad value for 'schedule'"),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, overrides, expected):
+    from test_bad_input import assert_one_error_line, snapshot
+
+    from crossdistill import cli
+
+    cfg = tmp_path / "dpk.yaml"
+    cfg.write_text(TINY.format(out=tmp_path / "run"))
+    before = snapshot(tmp_path)
+    rc = cli.main(["train", str(cfg), *overrides])
+    assert_one_error_line(rc, capsys.readouterr().err, expected)
+    assert snapshot(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", ["patch-does-not-divide", "share-above-one"])
+def test_bad_input_as_a_real_process(tmp_path, case):
+    import subprocess
+    import sys
+
+    from test_bad_input import assert_one_error_line
+
+    overrides, expected = next(c[1:] for c in BAD if c[0] == case)
+    cfg = tmp_path / "dpk.yaml"
+    cfg.write_text(TINY.format(out=tmp_path / "run"))
+    res = subprocess.run([sys.executable, "-m", "crossdistill.cli", "train", str(cfg), *overrides],
+                         capture_output=True, text=True, timeout=180)
+    assert_one_error_line(res.returncode, res.stderr, expected)
+    assert not (tmp_path / "run").exists()
+
+
+def test_killed_and_resumed_run_gives_the_same_student_and_log(tmp_path):
+    import json
+
+    from test_resume import records, run_and_kill, train_cmd
+
+    from crossdistill import cli
+    from crossdistill.engine.checkpoint import load_checkpoint
+
+    ref_out, out = tmp_path / "ref", tmp_path / "killed"
+    (tmp_path / "ref.yaml").write_text(TINY.format(out=ref_out))
+    (tmp_path / "k.yaml").write_text(TINY.format(out=out))
+    assert cli.main(["train", str(tmp_path / "ref.yaml")]) == 0
+
+    def after_mid_epoch_checkpoint(o):  # step 9's checkpoint (epoch 2 of 3, 8 steps each) is on disk
+        path = o / "checkpoint.pt"
+        return path.exists() and (o / "metrics.jsonl").exists() and \
+            any(json.loads(line).get("step") == 10 for line in (o / "metrics.jsonl").read_text().splitlines()
+                if line.strip().endswith("}"))
+
+    run_and_kill(train_cmd(tmp_path / "k.yaml"), out, after_mid_epoch_checkpoint, slow_save=False)
+    mid = load_checkpoint(out / "checkpoint.pt")
+    assert 0 < mid["position"]["global_step"] < 24 and int(mid["distiller"]["terms.0.steps"]) == mid["position"]["global_step"]
+    assert cli.main(["train", str(tmp_path / "k.yaml"), "--resume"]) == 0
+
+    ref = torch.load(ref_out / "student.pt", weights_only=True)["student"]
+    got = torch.load(out / "student.pt", weights_only=True)["student"]
+    assert ref.keys() == got.keys()
+    assert not [k for k in ref if not torch.equal(ref[k], got[k])]
+    # the DPK state and every logged CKA / share / per-stage loss are those of the uninterrupted run
+    c_ref, c_got = load_checkpoint(ref_out / "checkpoint.pt"), load_checkpoint(out / "checkpoint.pt")
+    for k in ("terms.0.cka_ema", "terms.0.steps", "terms.0.mask_seed"):
+        assert torch.equal(c_ref["distiller"][k], c_got["distiller"][k]), k
+    assert records(out) == records(ref_out)
+    logged = records(ref_out)[0]
+    assert {"dpk/cka/0", "dpk/share/2", "dpk/loss/1", "dpk/kd"} <= set(logged)
+
+    # the exported student is the bare model: no projector, mask or generation block in it
+    model = create_model("resnet8", num_classes=4)
+    assert set(got) == set(model.state_dict())
+    model.load_state_dict(got)  # strict
+    assert not any("generators" in k or "projectors" in k or "cka" in k for k in got)
+
+
+FAKE_DATA = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.device=cpu", "train.precision=fp32",
+             "train.progress=false", "train.channels_last=false", "data.num_workers=0"]
+
+
+@pytest.mark.parametrize("pair,teacher", [("resnet32x4_resnet8x4", "resnet32x4"), ("wrn_40_2_wrn_16_2", "wrn_40_2")])
+def test_cifar_recipes_run_a_few_steps_on_fake_data(tmp_path, pair, teacher):
+    """The shipped recipe, with the data swapped for built-in shapes and a random teacher."""
+    from crossdistill import cli
+    from crossdistill.cli import RECIPES
+    from crossdistill.config import load_config
+
+    recipe = RECIPES / f"cifar100/{pair}/dpk.yaml"
+    term = load_config(recipe).distill.terms[0]
+    assert term.method == "dpk" and (term.model_extra or {}).get("schedule") == "cka"
+    out = tmp_path / "run"
+    assert cli.main(["train", str(recipe), f"output_dir={out}", "data.name=shapes", "data.root=null",
+                     "data.options={num_classes: 100, image_size: 32, train_size: 16, test_size: 8}",
+                     "data.batch_size=8", "data.eval_batch_size=8",
+                     f"teachers.default={{model: {teacher}, num_classes: 100, random_init: true}}", *FAKE_DATA]) == 0
+    logged = [json_line for json_line in (out / "metrics.jsonl").read_text().splitlines() if '"dpk/cka/2"' in json_line]
+    assert logged and (out / "student.pt").exists()
+
+
+def test_imagenet_recipe_runs_a_few_steps_on_a_fake_image_folder(tmp_path):
+    from PIL import Image
+
+    from crossdistill import cli
+    from crossdistill.cli import RECIPES
+    from crossdistill.config import load_config
+
+    recipe = RECIPES / "imagenet/resnet34_resnet18_dpk.yaml"
+    cfg = load_config(recipe)
+    assert cfg.data.name == "imagefolder" and cfg.student.options == {"stem": "imagenet"}
+    assert cfg.teachers["default"].weights and cfg.teachers["default"].model == "ResNet34"
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for k, cls in enumerate(("n01", "n02", "n03")):
+            for j in range(2):
+                pixels = (torch.rand(40, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
+                path = tmp_path / "imagenet" / split / cls / f"{j}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path)
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet34.pt"
+    torch.save(create_model("ResNet34", num_classes=3, stem="imagenet").state_dict(), weights)
+    out = tmp_path / "run"
+    assert cli.main(["train", str(recipe), f"output_dir={out}", f"data.root={tmp_path / 'imagenet'}",
+                     "data.options.image_size=64", "data.batch_size=3", "data.eval_batch_size=3",
+                     f"teachers.default.weights={weights}", "teachers.default.num_classes=3", *FAKE_DATA]) == 0
+    assert '"dpk/share/3"' in (out / "metrics.jsonl").read_text()  # four stages, automatic patches

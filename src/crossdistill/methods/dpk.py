@@ -118,6 +118,7 @@ class DPK(Method):
                  share_end: Fraction = 0.0,
                  cka_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9,
                  cka_init: Fraction = 0.5,
+                 cka_batch: Optional[Annotated[int, Field(ge=2)]] = None,
                  gen_depth: Annotated[int, Field(ge=1)] = 2,
                  gen_width: Annotated[float, Field(gt=0)] = 0.25,
                  feature_weight: Annotated[float, Field(ge=0)] = 1.0,
@@ -137,6 +138,7 @@ class DPK(Method):
         self.schedule = schedule
         self.share, self.share_start, self.share_end = float(share), float(share_start), float(share_end)
         self.cka_momentum, self.cka_init = float(cka_momentum), float(cka_init)
+        self.cka_batch = cka_batch
         self.gen_depth, self.gen_width = int(gen_depth), float(gen_width)
         self.feature_weight, self.kd_weight, self.T = float(feature_weight), float(kd_weight), float(T)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
@@ -212,7 +214,8 @@ class DPK(Method):
 
     @torch.no_grad()
     def _update_gap(self, s_maps: List[Tensor], t_maps: List[Tensor]) -> Tensor:
-        cka = torch.stack([linear_cka(a, b) for a, b in zip(s_maps, t_maps)])
+        n = self.cka_batch  # the Gram form costs O(n² · C·H·W): a large batch may measure the gap on its first n
+        cka = torch.stack([linear_cka(a[:n], b[:n]) for a, b in zip(s_maps, t_maps)])
         if self.training:
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 dist.all_reduce(cka)  # every rank keeps the same EMA (and so the same checkpoint)

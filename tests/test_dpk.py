@@ -580,3 +580,59 @@ def test_imagenet_recipe_runs_a_few_steps_on_a_fake_image_folder(tmp_path):
                      "data.options.image_size=64", "data.batch_size=3", "data.eval_batch_size=3",
                      f"teachers.default.weights={weights}", "teachers.default.num_classes=3", *FAKE_DATA]) == 0
     assert '"dpk/share/3"' in (out / "metrics.jsonl").read_text()  # four stages, automatic patches
+
+
+# -- the reproduction ----------------------------------------------------------------------------------
+def fashion_mnist_installed() -> bool:
+    from crossdistill.data.fashion_mnist import SYSTEM_DIR
+
+    return any((SYSTEM_DIR / f"t10k-images-idx3-ubyte{ext}").exists() for ext in ("", ".gz"))
+
+
+@pytest.mark.skipif(not fashion_mnist_installed(), reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+def test_reproduce_dpk_teacher_size_writes_table_csv_plot_and_spearman(tmp_path, monkeypatch):
+    import csv
+    import json
+
+    from crossdistill.cli import main
+    from crossdistill.experiments import dpk as experiment
+
+    tiny = dict(subset=48, epochs=1, teacher_epochs=1, teachers=("resnet8", "resnet14", "resnet20"), seeds=(0, 1),
+                batch_size=16, data_options={"image_size": 16}, train={"precision": "fp32", "threads": 1})
+    monkeypatch.setitem(experiment.SCALES, "quick", tiny)
+    assert main(["reproduce", "dpk-teacher-size", "--quick", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "results.md").read_text()
+    assert "teacher acc" in md and "student + KD" in md and "student + DPK" in md and "Spearman" in md
+    assert "over 2 seeds" in md and md.count("| resnet") == 3
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert len(rows) == 1 + 3 * 2 and all(r["n_seeds"] == "2" for r in rows)
+    assert all(0 <= float(r["teacher_acc"]) <= 1 for r in rows if r["teacher"])
+    assert (tmp_path / "results.png").stat().st_size > 1000
+    stats = json.loads((tmp_path / "spearman.json").read_text())
+    assert set(stats) == {"KD", "DPK"}
+    # each teacher was trained once, every student run read one of them
+    assert sorted(p.name for p in (tmp_path / "teachers").iterdir()) == ["resnet14", "resnet20", "resnet8"]
+    assert len(list(tmp_path.glob("runs/*/summary.json"))) == 2 * (1 + 3 * 2)
+
+
+def test_spearman_on_known_ranks():
+    from crossdistill.experiments.dpk import spearman
+
+    assert spearman([1, 2, 3, 4, 5], [10, 20, 30, 40, 50])[0] == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4, 5], [5, 4, 3, 2, 1])[0] == pytest.approx(-1.0)
+    # one swapped pair out of five: ρ = 1 − 6·Σd²/(n(n²−1)) = 1 − 6·2/120 = 0.9
+    assert spearman([1, 2, 3, 4, 5], [1, 2, 4, 3, 5])[0] == pytest.approx(0.9)
+    assert math.isnan(spearman([1, 2], [3, 4])[0])
+
+
+def test_reproduce_without_fashion_mnist_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    from test_bad_input import assert_one_error_line
+
+    from crossdistill.cli import main
+    from crossdistill.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "none")
+    monkeypatch.setenv("CROSSDISTILL_DATA", str(tmp_path / "none"))
+    rc = main(["reproduce", "dpk-teacher-size", "--quick", "--out", str(tmp_path / "out")])
+    assert_one_error_line(rc, capsys.readouterr().err, "apt-get install dataset-fashion-mnist")
+    assert not (tmp_path / "out").exists()

@@ -636,3 +636,47 @@ def test_reproduce_without_fashion_mnist_says_how_to_install_it(tmp_path, monkey
     rc = main(["reproduce", "dpk-teacher-size", "--quick", "--out", str(tmp_path / "out")])
     assert_one_error_line(rc, capsys.readouterr().err, "apt-get install dataset-fashion-mnist")
     assert not (tmp_path / "out").exists()
+
+
+# -- DDP: the smoothed gap is the same on every rank -------------------------------------------------
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    import os
+    import sys
+
+    import torch.distributed as dist
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        from helpers import TinyNet, toy_batch
+
+        torch.manual_seed(0)  # same init and the same mask seed on both ranks
+        student, teacher = TinyNet(width=4), TinyNet(width=8)
+        d = Distiller(torch.nn.parallel.DistributedDataParallel(student), teacher, [build_method("dpk")],
+                      task=create_task("classification", 5), example_input=toy_batch()["input"])
+        d.train()
+        batch = toy_batch(seed=rank)  # different data per rank
+        with torch.no_grad():
+            s_maps, t_maps = d._term_inputs(0, *d._forward_networks(batch["input"], [True]))
+            local = torch.stack([linear_cka(a, b) for a, b in zip(s_maps[:-1], t_maps[:-1])])
+        loss, _ = d(batch)
+        loss.backward()
+        torch.save({"local": local, "ema": d.terms[0].cka_ema.clone(), "seed": d.terms[0]._seed},
+                   f"{out}/rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_share_one_smoothed_gap(tmp_path):
+    import torch.multiprocessing as mp
+    from test_ddp import _free_port
+
+    mp.start_processes(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert not torch.allclose(r0["local"], r1["local"])  # each rank measured its own batch
+    expected = 0.9 * 0.5 + 0.1 * (r0["local"] + r1["local"]) / 2
+    assert_close(r0["ema"], expected) and assert_close(r1["ema"], expected)
+    assert r0["seed"] == r1["seed"] and mask_seed(r0["seed"], 0, 0, 0) != mask_seed(r0["seed"], 0, 0, 1)

@@ -126,14 +126,16 @@ def summarise(results: Sequence[Result], teachers: Dict[str, Dict[str, Any]], ou
         text = f"{100 * r.mean:.2f} ± {100 * r.std:.2f}" if r.values else "–"
         return text + (f" ({r.diverged} diverged)" if r.diverged else "")
 
-    lines = [f"### {title}", "", "| teacher | params | teacher acc | " + " | ".join(f"student + {m}" for m in METHODS) + " |",
-             "|---|---|---|" + "---|" * len(METHODS)]
-    lines.append(f"| none (student {STUDENT} alone) | {parameter_count(STUDENT) / 1e6:.2f}M | – | "
-                 + " | ".join([cell(alone)] + [""] * (len(METHODS) - 1)) + " |")
+    lines = [f"### {title}", "", f"Student {STUDENT} ({parameter_count(STUDENT) / 1e6:.2f}M parameters) alone: "
+             f"**{cell(alone)}**.", "",
+             "| teacher | params | teacher acc | " + " | ".join(f"student + {m}" for m in METHODS) + " | DPK − KD |",
+             "|---|---|---|" + "---|" * len(METHODS) + "---|"]
     for n in teachers:
+        gap = 100 * (by[(n, "DPK")].mean - by[(n, "KD")].mean)
         lines.append(f"| {n} | {params[n] / 1e6:.2f}M | {100 * t_acc[n]:.2f} | "
-                     + " | ".join(cell(by[(n, m)]) for m in METHODS) + " |")
-    lines += ["", f"Top-1 test accuracy (%) at the last epoch, mean ± std over {n_seeds} seeds; teachers trained once.", ""]
+                     + " | ".join(cell(by[(n, m)]) for m in METHODS) + f" | {gap:+.2f} |")
+    lines += ["", f"Top-1 test accuracy (%) at the last epoch, mean ± std over {n_seeds} seeds; teachers trained "
+              "once (seed 1000).", ""]
     lines += ["| method | Spearman ρ (teacher acc vs mean student acc) | p (two-sided, n = "
               f"{len(teachers)}) | best teacher for the student |", "|---|---|---|---|"]
     stats = {}

@@ -604,6 +604,8 @@ def test_reproduce_dpk_teacher_size_writes_table_csv_plot_and_spearman(tmp_path,
     md = (tmp_path / "results.md").read_text()
     assert "teacher acc" in md and "student + KD" in md and "student + DPK" in md and "Spearman" in md
     assert "over 2 seeds" in md and sum(line.startswith("| resnet") for line in md.splitlines()) == 3
+    share_cells = [line.split("|")[-2].strip() for line in md.splitlines() if line.startswith("| resnet")]
+    assert all(len(c.split(" / ")) == 3 and all(0 <= float(v) <= 1 for v in c.split(" / ")) for c in share_cells)
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert len(rows) == 1 + 3 * 2 and all(r["n_seeds"] == "2" for r in rows)
     assert all(0 <= float(r["teacher_acc"]) <= 1 for r in rows if r["teacher"])

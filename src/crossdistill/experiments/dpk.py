@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..config import deep_merge
 from ..errors import DataError
-from .grid import Cell, Result, run_grid, train_config
+from .grid import Cell, Result, _slug, run_grid, train_config
 
 STUDENT = "resnet8"
 TEACHERS = ("resnet14", "resnet20", "resnet32", "resnet56", "resnet110")
@@ -106,7 +106,25 @@ def spearman(xs: Sequence[float], ys: Sequence[float]):
     return float(res.statistic), float(res.pvalue)
 
 
-def summarise(results: Sequence[Result], teachers: Dict[str, Dict[str, Any]], out: Path, title: str) -> str:
+def shares(out: Path, teacher: str, seeds: Sequence[int]) -> str:
+    """The DPK runs' teacher share per stage, averaged over the logged steps and the seeds."""
+    per_stage: Dict[str, List[float]] = {}
+    for seed in seeds:
+        log = out / "runs" / _slug(f"{teacher}__DPK__s{seed}") / "metrics.jsonl"
+        if not log.exists():
+            continue
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            for k, v in record.items():
+                if k.startswith("dpk/share/") and v is not None:
+                    per_stage.setdefault(k.rsplit("/", 1)[1], []).append(float(v))
+    if not per_stage:
+        return "–"
+    return " / ".join(f"{statistics.fmean(per_stage[k]):.2f}" for k in sorted(per_stage, key=int))
+
+
+def summarise(results: Sequence[Result], teachers: Dict[str, Dict[str, Any]], out: Path, title: str,
+              seeds: Sequence[int] = (0, 1, 2)) -> str:
     by = {(r.row, r.col): r for r in results}
     alone = by[("no teacher", "student alone")]
     t_acc = {n: float(t["last"]["acc"]) for n, t in teachers.items()}
@@ -130,14 +148,15 @@ def summarise(results: Sequence[Result], teachers: Dict[str, Dict[str, Any]], ou
 
     lines = [f"### {title}", "", f"Student {STUDENT} ({parameter_count(STUDENT) / 1e6:.2f}M parameters) alone: "
              f"**{cell(alone)}**.", "",
-             "| teacher | params | teacher acc | " + " | ".join(f"student + {m}" for m in METHODS) + " | DPK − KD |",
-             "|---|---|---|" + "---|" * len(METHODS) + "---|"]
+             "| teacher | params | teacher acc | " + " | ".join(f"student + {m}" for m in METHODS)
+             + " | DPK − KD | DPK teacher share per stage |", "|---|---|---|" + "---|" * len(METHODS) + "---|---|"]
     for n in teachers:
         gap = 100 * (by[(n, "DPK")].mean - by[(n, "KD")].mean)
         lines.append(f"| {n} | {params[n] / 1e6:.2f}M | {100 * t_acc[n]:.2f} | "
-                     + " | ".join(cell(by[(n, m)]) for m in METHODS) + f" | {gap:+.2f} |")
+                     + " | ".join(cell(by[(n, m)]) for m in METHODS) + f" | {gap:+.2f} | {shares(out, n, seeds)} |")
     lines += ["", f"Top-1 test accuracy (%) at the last epoch, mean ± std over {n_seeds} seeds; teachers trained "
-              "once (seed 1000).", ""]
+              "once (seed 1000). DPK teacher share: the logged `dpk/share/<stage>`, averaged over training steps "
+              "and seeds (1 − the smoothed CKA between the student's and the teacher's stage maps).", ""]
     lines += ["| method | Spearman ρ (teacher acc vs mean student acc) | p (two-sided, n = "
               f"{len(teachers)}) | best teacher for the student |", "|---|---|---|---|"]
     stats = {}
@@ -194,7 +213,7 @@ def reproduce_dpk_teacher_size(out: Path, quick: bool = False, seeds=None, log=p
     scale = "quick" if quick else "full"
     title = (f"Student {STUDENT} vs teacher size on Fashion-MNIST ({scale} scale: {s['subset']} training images, "
              f"{s['epochs']} epochs)")
-    md = summarise(results, teachers, out, title)
+    md = summarise(results, teachers, out, title, seeds)
     for r in results:
         if r.values:
             log(f"  {r.row} / {r.col}: {statistics.fmean(r.values):.4f}")

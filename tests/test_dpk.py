@@ -625,6 +625,10 @@ def test_spearman_on_known_ranks():
     # one swapped pair out of five: ρ = 1 − 6·Σd²/(n(n²−1)) = 1 − 6·2/120 = 0.9
     assert spearman([1, 2, 3, 4, 5], [1, 2, 4, 3, 5])[0] == pytest.approx(0.9)
     assert math.isnan(spearman([1, 2], [3, 4])[0])
+    # exact two-sided p for n = 5: a perfect (or perfectly reversed) ranking is 2 of the 120 orderings
+    assert spearman([1, 2, 3, 4, 5], [10, 20, 30, 40, 50])[1] == pytest.approx(2 / 120)
+    # ρ = 0.9 or more in absolute value: the identity, the one-adjacent-swap orderings (4) and their reverses
+    assert spearman([1, 2, 3, 4, 5], [1, 2, 4, 3, 5])[1] == pytest.approx(10 / 120)
 
 
 def test_reproduce_without_fashion_mnist_says_how_to_install_it(tmp_path, monkeypatch, capsys):

@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -203,12 +204,13 @@ def plot(results: Sequence[Result], t_acc: Dict[str, float], alone: Result, path
     lo, hi = 100 * (alone.mean - alone.std), 100 * (alone.mean + alone.std)
     ax.axhspan(lo, hi, color="grey", alpha=0.2)
     ax.axhline(100 * alone.mean, color="grey", linestyle="--", label="student alone (± std)")
-    for n, x in zip(order, xs):
-        ax.annotate(n, (x, ax.get_ylim()[0]), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7,
-                    rotation=90, va="bottom")
     ax.set_xlabel("teacher test accuracy (%)")
     ax.set_ylabel("student test accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    top = ax.twiny()  # the teachers' names above their accuracies
+    top.set_xlim(ax.get_xlim())
+    top.set_xticks(xs)
+    top.set_xticklabels(order, rotation=45, ha="left", fontsize=7)
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence
 
 from .config import RECIPES, list_configs
 from .errors import ConfigError, CrossDistillError, worker_error_line
+from .experiments import REPRODUCTIONS
 
 
 def find_config(name: str) -> Path:
@@ -164,7 +165,7 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser("reproduce", help="run an experiment grid over seeds and write tables and plots")
-    r.add_argument("what", choices=["cross-task", "zoo", "quickstart", "ensemble", "cross-modal", "teacher-cache"])
+    r.add_argument("what", choices=list(REPRODUCTIONS))
     r.add_argument("--quick", action="store_true")
     r.add_argument("--seeds", type=int, default=None)
     r.add_argument("--out", default=None)

@@ -1,27 +1,29 @@
 """Reproductions and demos, run in-process over seeds; tables (Markdown, CSV) and plots (PNG)."""
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional, Tuple
+
+#: ``crossdistill reproduce <name>``: name → (module of this package, function); imported when run
+REPRODUCTIONS: Dict[str, Tuple[str, str]] = {
+    "quickstart": ("quickstart", "reproduce_quickstart"),
+    "cross-task": ("cross_task", "reproduce_cross_task"),
+    "zoo": ("zoo", "reproduce_zoo"),
+    "ensemble": ("settings", "reproduce_ensemble"),
+    "cross-modal": ("settings", "reproduce_cross_modal"),
+    "teacher-cache": ("teacher_cache", "reproduce_teacher_cache"),
+    "dpk-teacher-size": ("dpk", "reproduce_dpk_teacher_size"),
+}
 
 
 def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: Optional[int] = None) -> None:
     folder = Path(out or f"runs/reproduce/{what}{'-quick' if quick else ''}")
     seed_list = tuple(range(seeds)) if seeds else None
     t0 = time.time()
-    if what == "cross-task":
-        from .cross_task import reproduce_cross_task as fn
-    elif what == "zoo":
-        from .zoo import reproduce_zoo as fn
-    elif what == "ensemble":
-        from .settings import reproduce_ensemble as fn
-    elif what == "cross-modal":
-        from .settings import reproduce_cross_modal as fn
-    elif what == "teacher-cache":
-        from .teacher_cache import reproduce_teacher_cache as fn
-    else:
-        from .quickstart import reproduce_quickstart as fn
+    module, name = REPRODUCTIONS[what]
+    fn = getattr(importlib.import_module(f".{module}", __name__), name)
     md = fn(folder, quick=quick, seeds=seed_list)
     print(md)
     print(f"wrote {folder}/results.md, results.csv, results.png in {time.time() - t0:.0f}s")

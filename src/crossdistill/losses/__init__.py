@@ -32,7 +32,9 @@ from .features import (
     vid_loss,
 )
 from .logits import kd_loss
+from .prior import mix_patches, patch_mask
 from .relations import cc_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss, rkd_loss, sp_loss
+from .similarity import centred_gram, linear_cka
 from .spectral import (
     feature_rows,
     inverted_l2_decomposition,
@@ -74,4 +76,8 @@ __all__ = [
     "spectral_energy",
     "spectral_tail_ratio",
     "spectral_tail_energy",
+    "centred_gram",
+    "linear_cka",
+    "patch_mask",
+    "mix_patches",
 ]

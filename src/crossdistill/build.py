@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from .config import Config, TeacherConfig
 from .data import IndexedDataset, create_dataset
 from .data.transforms import build_eval_transform, build_train_transform
-from .data.seeded import AugmentedDataset
+from .data.seeded import AugmentedDataset, copy_field
 from .distiller import Distiller
 from .engine.checkpoint import load_checkpoint, load_into, load_state_dict_file, student_state
 from .errors import ConfigError
@@ -52,7 +52,7 @@ def build_data(cfg: Config):
     train = _dataset(d.name, "train", root, key)
     test = _dataset(d.name, "test", root, key)
     info = train.info
-    train = IndexedDataset(AugmentedDataset(train, build_train_transform(info, d.augment), seed=cfg.seed))
+    train = IndexedDataset(AugmentedDataset(train, build_train_transform(info, d.augment), seed=cfg.seed, copies=d.copies))
     test = IndexedDataset(AugmentedDataset(test, build_eval_transform(info), seed=cfg.seed))
     return train, test, info
 
@@ -133,6 +133,15 @@ def build_student(cfg: Config, task: Task, in_channels: int) -> tuple[nn.Module,
     return model, spec
 
 
+def check_copies(cfg: Config, distiller: Distiller) -> None:
+    """Every batch field a network reads must be one the data makes (``data.copies``)."""
+    made = {copy_field(c) for c in range(cfg.data.copies)}
+    for field, who in distiller.fields_read().items():
+        if field not in made:
+            raise ConfigError(f"{who} reads the batch field '{field}', but data.copies={cfg.data.copies} makes only "
+                              f"{', '.join(sorted(made))}; set data.copies: {int(field.rsplit('_', 1)[1]) + 1}")
+
+
 def build_run(cfg: Config, allow_imports: bool = False) -> Run:
     train, test, info = build_data(cfg)
     task = build_task(cfg.task, info)
@@ -144,9 +153,16 @@ def build_run(cfg: Config, allow_imports: bool = False) -> Run:
         views = {n: VIEWS[t.input] for n, t in cfg.teachers.items() if t.input != "identity"}
         if cfg.distill.student_input != "identity":
             views["student"] = VIEWS[cfg.distill.student_input]
+        fields = {n: t.input_field for n, t in cfg.teachers.items()}
+        fields["student"] = cfg.distill.student_input_field
         example = train[0]["input"].unsqueeze(0).repeat(2, 1, 1, 1)
         distiller = Distiller(student, teachers, terms, task=task, task_weight=cfg.distill.task_weight,
-                              example_input=example, input_transforms=views)
-    labels = getattr(train, "labels", None)
-    distiller.setup(DataSetup(num_samples=len(train), num_classes=info.num_classes, labels=labels))
+                              example_input=example, input_transforms=views, input_fields=fields)
+    check_copies(cfg, distiller)
+    # a task that learns without labels gives the methods none either (CRD then draws its negatives
+    # from all other samples instead of the other classes)
+    uses_labels = getattr(task, "uses_labels", True)
+    labels = getattr(train, "labels", None) if uses_labels else None
+    distiller.setup(DataSetup(num_samples=len(train), num_classes=info.num_classes if uses_labels else None,
+                              labels=labels))
     return Run(cfg, train, test, task, distiller, spec)

@@ -38,6 +38,9 @@ def evaluate_checkpoint(path: str, overrides: Sequence[str] = ()) -> Dict[str, f
     test = AugmentedDataset(test, build_eval_transform(test.info))
     task_name = spec.get("task", "classification")
     task = build_task(task_name, test.info)
+    if getattr(task, "output_side", "output") != "output":
+        raise ConfigError(f"'{path}' is a backbone trained by task '{task_name}', which has no output to score; "
+                          "evaluate its features with --protocol knn or --protocol linear")
     trained = spec.get("task_classes")
     if trained is not None and task.num_classes is not None and trained != task.num_classes:
         raise ConfigError(f"the student in '{path}' predicts {trained} classes but this data has {task.num_classes}; "

@@ -119,7 +119,7 @@ def to_device(batch: Dict[str, Any], device: torch.device, channels_last: bool) 
     for k, v in batch.items():
         if isinstance(v, Tensor):
             v = v.to(device, non_blocking=True)
-            if k == "input" and channels_last and v.dim() == 4:
+            if (k == "input" or k.startswith("input_")) and channels_last and v.dim() == 4:  # every augmented copy
                 v = v.contiguous(memory_format=torch.channels_last)
         out[k] = v
     return out

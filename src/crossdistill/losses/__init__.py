@@ -20,7 +20,9 @@ from .features import (
     vid_loss,
 )
 from .logits import kd_loss
+from .regression import normalized_regression_loss
 from .relations import cc_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss, rkd_loss, sp_loss
+from .self_supervised import nt_xent_loss
 from .spectral import (
     feature_rows,
     inverted_l2_decomposition,
@@ -56,4 +58,6 @@ __all__ = [
     "spectral_energy",
     "spectral_tail_ratio",
     "spectral_tail_energy",
+    "normalized_regression_loss",
+    "nt_xent_loss",
 ]

@@ -305,3 +305,46 @@ def test_exported_student_has_no_head(tmp_path):
     # the training checkpoint holds the head (to resume), the student file does not
     train_state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["distiller"]
     assert any(k.startswith("terms.0.heads.0.") for k in train_state)
+
+
+# ------------------------------------------------------------------------------------------ bad input (CLI)
+TRAIN_YAML = """
+name: simreg-bad
+output_dir: {out}
+task: self_supervised
+data:
+  name: shapes
+  options: {{num_classes: 3, image_size: 16, train_size: 32, test_size: 16}}
+  batch_size: 16
+student: {{name: resnet8}}
+teachers:
+  a: {{model: {teacher}, num_classes: 3, random_init: true{field}}}
+distill:
+  terms:
+    - {{method: simreg, from_teacher: {names}{options}}}
+train: {{epochs: 1, progress: false}}
+"""
+
+
+@pytest.mark.parametrize("case", ["teacher_not_configured", "no_pooled_feature", "weights_per_teacher", "copy_not_made"])
+def test_train_bad_simreg_config_is_one_line_and_writes_nothing(tmp_path, case):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = dict(out=out, teacher="vgg8", field="", names="[a]", options="")
+    if case == "teacher_not_configured":
+        args["names"], want = "[a, b]", "reads teacher 'b', but the teachers are: a"
+    elif case == "no_pooled_feature":
+        args["teacher"], want = "dense_resnet_xs", "cannot resolve '@pooled'"
+    elif case == "weights_per_teacher":
+        args["options"], want = ", teacher_weights: [1, 2]", "one per teacher"
+    else:
+        args["field"], want = ", input_field: input_1", "set data.copies: 2"
+    (tmp_path / "cfg.yaml").write_text(TRAIN_YAML.format(**args))
+    r = subprocess.run([sys.executable, "-m", "crossdistill.cli", "train", str(tmp_path / "cfg.yaml")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and want in lines[0], r.stderr
+    assert not out.exists()

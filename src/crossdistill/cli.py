@@ -185,7 +185,7 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser("reproduce", help="run an experiment grid over seeds and write tables and plots")
-    r.add_argument("what", choices=["cross-task", "zoo", "quickstart", "ensemble", "cross-modal"])
+    r.add_argument("what", choices=["cross-task", "zoo", "quickstart", "ensemble", "cross-modal", "simreg"])
     r.add_argument("--quick", action="store_true")
     r.add_argument("--seeds", type=int, default=None)
     r.add_argument("--out", default=None)

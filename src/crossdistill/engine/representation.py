@@ -26,9 +26,10 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -214,24 +215,27 @@ def linear_probe(features: Features, epochs: int = 100, lr: float = 0.1, momentu
 
 
 # ----------------------------------------------------------------------------------- checkpoints
-def evaluate_representation(path: str, protocol: str, overrides: Sequence[str] = (), ks: Sequence[int] = (1, 20),
-                            feature: str = "@pooled", write: bool = True, **probe: Any) -> Dict[str, Any]:
-    """Score the backbone of checkpoint ``path`` with ``protocol`` (``knn`` or ``linear``) on the
-    training and test splits of the data set it was trained on (or of ``data.*`` overrides), and
-    record the result in ``eval.json`` next to the checkpoint. Every check runs before any feature
-    is computed, and nothing is written unless the evaluation succeeds."""
-    from ..build import model_from_spec
+def evaluate_representation(path: str, protocol: Union[str, Sequence[str]], overrides: Sequence[str] = (),
+                            ks: Sequence[int] = (1, 20), feature: str = "@pooled", write: bool = True,
+                            **probe: Any) -> Dict[str, Any]:
+    """Score the backbone of checkpoint ``path`` with ``protocol`` (``knn`` or ``linear``, or a list
+    of both: the features are computed once) on the training and test splits of the data set it was
+    trained on (or of ``data.*`` overrides), and record the result in ``eval.json`` next to the
+    checkpoint. Every check runs before any feature is computed, and nothing is written unless the
+    evaluation succeeds. Returns the record (for a list: ``{protocol: record}``)."""
+    from ..build import _dataset, model_from_spec
     from ..config import DataConfig, apply_override, format_validation_error
-    from ..data import create_dataset
     from ..data.seeded import AugmentedDataset
     from ..data.transforms import build_eval_transform
     from ..views import VIEWS
     from .checkpoint import atomic_write_text, load_checkpoint, load_into, student_state
 
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol '{protocol}': valid choices: {', '.join(PROTOCOLS)}")
+    protocols = [protocol] if isinstance(protocol, str) else list(protocol)
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol '{p}': valid choices: {', '.join(PROTOCOLS)}")
     ks = [int(k) for k in ks]
-    if protocol == "knn" and (not ks or min(ks) < 1):
+    if "knn" in protocols and (not ks or min(ks) < 1):
         raise ConfigError(f"k-NN needs k >= 1, got {ks}")
     ckpt = load_checkpoint(path)
     spec = ckpt["model_spec"]
@@ -252,27 +256,29 @@ def evaluate_representation(path: str, protocol: str, overrides: Sequence[str] =
     resolve_feature(model, feature)
     splits = {}
     for split in ("train", "test"):
-        ds = create_dataset(data_cfg.name, split, data_cfg.root, **data_cfg.options)
+        # the same cache as training (a reproduction evaluates many runs on one data set)
+        root = os.path.expanduser(data_cfg.root) if data_cfg.root else None
+        ds = _dataset(data_cfg.name, split, root, json.dumps(data_cfg.options, sort_keys=True))
         info = ds.info
         if "label" not in (info.fields or ("label",)) or getattr(info, "num_classes", 0) < 2:
-            raise DataError(f"--protocol {protocol} needs class labels, but dataset '{data_cfg.name}' gives only "
+            raise DataError(f"--protocol {protocols[0]} needs class labels, but dataset '{data_cfg.name}' gives only "
                             f"{', '.join(info.fields)}; evaluate on a classification data set (data.name=...)")
         splits[split] = AugmentedDataset(ds, build_eval_transform(info))
-    if protocol == "knn" and max(ks) > len(splits["train"]):
+    if "knn" in protocols and max(ks) > len(splits["train"]):
         raise ConfigError(f"k-NN with k={max(ks)} needs at least {max(ks)} training samples, but "
                           f"'{data_cfg.name}' has {len(splits['train'])}; lower --k")
     view = VIEWS.get(spec.get("student_input", "identity"))
     feats = extract_features(model, splits["train"], splits["test"], feature, view,
                              data_cfg.eval_batch_size or data_cfg.batch_size, splits["train"].info.num_classes)
-    if protocol == "knn":
-        result: Dict[str, Any] = knn_eval(feats, ks)
-    else:
-        result = linear_probe(feats, **probe)
-    record = {**result, "feature": feature, "data": data_cfg.name, "train_size": int(feats.train.shape[0]),
-              "test_size": int(feats.test.shape[0])}
-    if protocol == "linear":
-        defaults = {n: p.default for n, p in inspect.signature(linear_probe).parameters.items() if n != "features"}
-        record["probe"] = {**defaults, **probe}
+    records: Dict[str, Dict[str, Any]] = {}
+    for p in protocols:
+        result: Dict[str, Any] = knn_eval(feats, ks) if p == "knn" else linear_probe(feats, **probe)
+        record = {**result, "feature": feature, "data": data_cfg.name, "train_size": int(feats.train.shape[0]),
+                  "test_size": int(feats.test.shape[0])}
+        if p == "linear":
+            defaults = {n: q.default for n, q in inspect.signature(linear_probe).parameters.items() if n != "features"}
+            record["probe"] = {**defaults, **probe}
+        records[p] = record
     if write:
         target = Path(path).parent / EVAL_FILE
         try:
@@ -280,7 +286,7 @@ def evaluate_representation(path: str, protocol: str, overrides: Sequence[str] =
         except (OSError, ValueError):
             held = {}
         held = held if isinstance(held, dict) else {}
-        held[protocol] = record
+        held.update(records)
         held["checkpoint"] = Path(path).name
         atomic_write_text(json.dumps(held, indent=2, sort_keys=True), target)
-    return record
+    return records[protocol] if isinstance(protocol, str) else records

@@ -18,6 +18,8 @@ def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: 
         from .settings import reproduce_ensemble as fn
     elif what == "cross-modal":
         from .settings import reproduce_cross_modal as fn
+    elif what == "simreg":
+        from .simreg import reproduce_simreg as fn
     else:
         from .quickstart import reproduce_quickstart as fn
     md = fn(folder, quick=quick, seeds=seed_list)

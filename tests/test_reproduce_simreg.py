@@ -27,14 +27,15 @@ def test_reproduce_simreg_writes_table_csv_and_plots(tmp_path, monkeypatch):
     monkeypatch.setitem(simreg.SCALES, "quick", tiny)
     every = simreg.student_cells
     # three rows run (one teacher, two teachers, two views); every row is built below
-    kept = ("SimReg, SSL teacher: no head", "SimReg, both teachers: 4-layer heads",
+    kept = ("SimReg, SSL teacher: 4-layer head", "SimReg, both teachers: 4-layer heads",
             "SimReg, SSL teacher: 4-layer, different views")
     monkeypatch.setattr(simreg, "student_cells", lambda s, t: [c for c in every(s, t) if c[0] in kept])
     assert main(["reproduce", "simreg", "--quick", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "results.md").read_text()
     for row in kept:
         assert row in md
-    for col in ("k-NN k=1", "k-NN k=20", "linear probe", "random-init ResNet-8", "SSL teacher", "Plateau check"):
+    for col in ("k-NN k=1", "k-NN k=20", "linear probe", "random-init ResNet-8", "SSL teacher", "Plateau check",
+                "Trained twice as long (4 epochs"):
         assert col in md
     assert "±" in md and "over 2 seeds" in md
     table = list(csv.DictReader(open(tmp_path / "results.csv")))
@@ -43,7 +44,7 @@ def test_reproduce_simreg_writes_table_csv_and_plots(tmp_path, monkeypatch):
     assert (tmp_path / "results.png").stat().st_size > 1000 and (tmp_path / "curves.png").stat().st_size > 1000
     # every student was evaluated from its exported backbone, and a second call trains nothing again
     evals = sorted(tmp_path.glob("runs/*/eval.json"))
-    assert len(evals) == 2 * len(kept)
+    assert len(evals) == 2 * len(kept) + 1                   # and the twice-as-long plateau check
     stamps = [p.stat().st_mtime_ns for p in evals]
     assert main(["reproduce", "simreg", "--quick", "--out", str(tmp_path)]) == 0
     assert [p.stat().st_mtime_ns for p in evals] == stamps

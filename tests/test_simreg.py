@@ -261,6 +261,24 @@ def test_views_through_the_config_and_the_data_pipeline(tmp_path):
         build_run(load_config(data=bad))
 
 
+def test_augmented_copies_are_pure_functions_of_seed_epoch_index_and_copy():
+    from crossdistill.data import create_dataset
+    from crossdistill.data.seeded import AugmentedDataset
+    from crossdistill.data.transforms import build_train_transform
+
+    ds = create_dataset("shapes", "train", num_classes=3, image_size=16, train_size=4)
+    one = AugmentedDataset(ds, build_train_transform(ds.info, "resized_crop_flip"), seed=5)
+    three = AugmentedDataset(ds, build_train_transform(ds.info, "resized_crop_flip"), seed=5, copies=3)
+    a = three[2]
+    assert torch.equal(a["input"], one[2]["input"])            # copy 0 is what it was without copies
+    assert not torch.equal(a["input_1"], a["input_2"]) and set(a) == {"input", "input_1", "input_2", "label"}
+    three.set_epoch(1)
+    b = three[2]
+    assert not torch.equal(a["input_1"], b["input_1"])         # a new epoch draws new copies
+    three.set_epoch(0)
+    assert all(torch.equal(a[k], three[2][k]) for k in a)       # and the old epoch comes back exactly
+
+
 # ------------------------------------------------------------------------------------------ training and export
 def _train_raw(tmp_path, **distill):
     return {"name": "simreg", "output_dir": str(tmp_path / "run"), "task": "self_supervised",

@@ -366,3 +366,13 @@ def test_train_bad_simreg_config_is_one_line_and_writes_nothing(tmp_path, case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and want in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_list_methods_shows_simreg_and_the_self_supervised_objectives(capsys):
+    from crossdistill.cli import main
+
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("simreg", "simclr", "simsiam"):
+        assert any(line.startswith(name + " ") for line in out.splitlines()), name
+    assert main(["list", "tasks"]) == 0 and "self_supervised" in capsys.readouterr().out

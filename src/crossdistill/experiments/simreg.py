@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from ..config import deep_merge
 from ..errors import NonFiniteLossError
-from .grid import Result, plot_results, train_config, write_tables
+from .grid import Result, train_config, write_tables
 
 SCALES: Dict[str, Dict[str, Any]] = {
     "quick": dict(subset=2000, epochs=4, ssl_epochs=6, sup_epochs=4, batch_size=128, nce_k=1024, probe_epochs=100,
@@ -184,7 +184,7 @@ def reproduce_simreg(out: Path, quick: bool = False, seeds=None, log: Callable[[
                + " against " + ", ".join(f"{100 * longer['short'][m]:.2f}" for m, _ in METRICS)
                + f" after {s['epochs']} epochs (same seed).\n")
     (out / "results.md").write_text(md)
-    plot_results(results, out / "results.png", title, "top-1 (%)", scale=100.0)
+    plot_table(results, refs, out / "results.png", title)
     plot_curves(curves, out / "curves.png")
     return md
 
@@ -234,6 +234,41 @@ def plateau_note(curves: Dict[str, List[List[float]]]) -> str:
     worst = max(gains, key=lambda g: abs(g[1]))
     return (f"Plateau check (leave-one-out k-NN monitor on the test split, per epoch; `curves.png`): over the "
             f"last {worst[2]} epoch(s) the largest change of any row is {worst[1]:+.2f} points ({worst[0]}).")
+
+
+def plot_table(results: Sequence[Result], refs: Dict[str, Dict[str, float]], path: Path, title: str) -> None:
+    """One panel per metric: a horizontal bar per row (mean ± std), the reference rows as vertical lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(dict.fromkeys(r.col for r in results))
+    by = {(r.row, r.col): r for r in results}
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(13, 0.32 * len(rows) + 1.8), sharey=True)
+    for ax, (metric, label) in zip(axes, METRICS):
+        got = [by.get((label, row)) for row in rows]
+        means = [100 * r.mean if r and r.values else float("nan") for r in got]
+        stds = [100 * r.std if r and r.values else 0.0 for r in got]
+        ax.barh(range(len(rows)), means, xerr=stds, capsize=2, color=[f"C{i % 10}" for i in range(len(rows))])
+        for i, (name, ref) in enumerate(refs.items()):
+            ax.axvline(100 * ref[metric], color="k", linestyle=(":", "--", "-.")[i % 3], linewidth=1, label=name)
+        finite = [m for m in means if m == m] + [100 * r[metric] for r in refs.values()]
+        lo, hi = min(finite), max(finite)
+        ax.set_xlim(lo - 0.15 * (hi - lo) - 1, hi + 0.15 * (hi - lo) + 1)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("top-1 (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_yticks(range(len(rows)))
+    axes[0].set_yticklabels(rows, fontsize=7)
+    axes[0].invert_yaxis()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_curves(curves: Dict[str, List[List[float]]], path: Path) -> None:

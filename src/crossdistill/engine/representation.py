@@ -273,8 +273,8 @@ def evaluate_representation(path: str, protocol: Union[str, Sequence[str]], over
     records: Dict[str, Dict[str, Any]] = {}
     for p in protocols:
         result: Dict[str, Any] = knn_eval(feats, ks) if p == "knn" else linear_probe(feats, **probe)
-        record = {**result, "feature": feature, "data": data_cfg.name, "train_size": int(feats.train.shape[0]),
-                  "test_size": int(feats.test.shape[0])}
+        record = {**result, "checkpoint": Path(path).name, "feature": feature, "data": data_cfg.name,
+                  "train_size": int(feats.train.shape[0]), "test_size": int(feats.test.shape[0])}
         if p == "linear":
             defaults = {n: q.default for n, q in inspect.signature(linear_probe).parameters.items() if n != "features"}
             record["probe"] = {**defaults, **probe}
@@ -287,6 +287,5 @@ def evaluate_representation(path: str, protocol: Union[str, Sequence[str]], over
             held = {}
         held = held if isinstance(held, dict) else {}
         held.update(records)
-        held["checkpoint"] = Path(path).name
         atomic_write_text(json.dumps(held, indent=2, sort_keys=True), target)
     return records[protocol] if isinstance(protocol, str) else records

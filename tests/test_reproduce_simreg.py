@@ -23,7 +23,7 @@ def test_reproduce_simreg_writes_table_csv_and_plots(tmp_path, monkeypatch):
     from crossdistill.build import build_run
     from crossdistill.config import deep_merge, parse_config
 
-    tiny = dict(subset=48, epochs=2, ssl_epochs=1, sup_epochs=1, batch_size=24, nce_k=16, probe_epochs=3, seeds=(0, 1))
+    tiny = dict(subset=48, teacher_subset=64, epochs=2, ssl_epochs=1, sup_epochs=1, batch_size=24, nce_k=16, probe_epochs=3, seeds=(0, 1))
     monkeypatch.setitem(simreg.SCALES, "quick", tiny)
     every = simreg.student_cells
     # three rows run (one teacher, two teachers, two views); every row is built below

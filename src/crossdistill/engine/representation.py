@@ -254,6 +254,8 @@ def evaluate_representation(path: str, protocol: Union[str, Sequence[str]], over
     model = model_from_spec(spec)
     load_into(model, student_state(ckpt), "network", path)
     resolve_feature(model, feature)
+    if torch.cuda.is_available():  # the backbone forwards on the GPU; k-NN and the probe on the cached CPU features
+        model = model.cuda()
     splits = {}
     for split in ("train", "test"):
         # the same cache as training (a reproduction evaluates many runs on one data set)

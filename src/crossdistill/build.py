@@ -19,7 +19,7 @@ from .checks import check_student_output
 from .config import Config, DataConfig, TeacherConfig, recipe_writing
 from .data import IndexedDataset, create_dataset
 from .data.transforms import build_eval_transform, build_train_transform
-from .data.seeded import AugmentedDataset, SampleFieldsDataset
+from .data.seeded import AugmentedDataset, SampleFieldsDataset, copy_field
 from .distiller import Distiller
 from .engine.checkpoint import load_checkpoint, load_into, load_state_dict_file, student_state
 from .errors import CheckpointError, ConfigError
@@ -51,8 +51,12 @@ def build_data(cfg: Config):
     train = _dataset(d.name, "train", d.root, json.dumps(d.options, sort_keys=True))
     info = train.info
     tc = cfg.teacher_cache  # fixed views per sample, so that the teacher's outputs can be stored
+    if tc and d.copies > 1:
+        raise ConfigError(f"teacher_cache stores the teacher's outputs for one view per sample; it cannot be combined "
+                          f"with data.copies={d.copies} (several views per sample): remove one of the two")
     train = IndexedDataset(AugmentedDataset(train, build_train_transform(info, d.augment), seed=cfg.seed,
-                                            views=tc.views if tc else None, view_seed=tc.seed if tc else 0))
+                                            views=tc.views if tc else None, view_seed=tc.seed if tc else 0,
+                                            copies=d.copies))
     return train, build_test_set(d, cfg.seed), info
 
 
@@ -153,6 +157,15 @@ def build_student(cfg: Config, task: Task, in_channels: int) -> tuple[nn.Module,
     return model, spec
 
 
+def check_copies(cfg: Config, distiller: Distiller) -> None:
+    """Every batch field a network reads must be one the data makes (``data.copies``)."""
+    made = {copy_field(c) for c in range(cfg.data.copies)}
+    for field, who in distiller.fields_read().items():
+        if field not in made:
+            raise ConfigError(f"{who} reads the batch field '{field}', but data.copies={cfg.data.copies} makes only "
+                              f"{', '.join(sorted(made))}; set data.copies: {int(field.rsplit('_', 1)[1]) + 1}")
+
+
 def build_distiller(cfg: Config, info, task: Task, example: torch.Tensor, num_samples: int,
                     labels: Optional[torch.Tensor] = None, allow_imports: bool = False,
                     check_batch: Optional[Dict[str, Any]] = None) -> tuple[Distiller, Dict[str, Any]]:
@@ -168,13 +181,20 @@ def build_distiller(cfg: Config, info, task: Task, example: torch.Tensor, num_sa
         views = {n: VIEWS[t.input] for n, t in cfg.teachers.items() if t.input != "identity"}
         if cfg.distill.student_input != "identity":
             views["student"] = VIEWS[cfg.distill.student_input]
+        fields = {n: t.input_field for n, t in cfg.teachers.items()}
+        fields["student"] = cfg.distill.student_input_field
         distiller = Distiller(student, teachers, terms, task=task, task_weight=cfg.distill.task_weight,
-                              example_input=example, input_transforms=views)
+                              example_input=example, input_transforms=views, input_fields=fields)
         if check_batch is not None:
             view = views.get("student")
             check_student_output(student, task, {**check_batch, "input": view(check_batch["input"]) if view
                                                  else check_batch["input"]}, cfg.student.name)
-    distiller.setup(DataSetup(num_samples=num_samples, num_classes=info.num_classes, labels=labels))
+    check_copies(cfg, distiller)
+    # a task that learns without labels gives the methods none either (CRD then draws its negatives
+    # from all other samples instead of the other classes)
+    uses_labels = getattr(task, "uses_labels", True)
+    distiller.setup(DataSetup(num_samples=num_samples, num_classes=info.num_classes if uses_labels else None,
+                              labels=labels if uses_labels else None))
     return distiller, spec
 
 

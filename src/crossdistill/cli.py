@@ -47,6 +47,8 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .engine.distributed import distributed, world_info
+    if args.protocol != "task":
+        return cmd_eval_representation(args)
     from .engine.evaluate import evaluate_checkpoint
 
     with distributed():
@@ -54,6 +56,15 @@ def cmd_eval(args) -> int:
         rank, _ = world_info()
     if rank == 0:
         print(json.dumps(result, indent=2) if args.json else "  ".join(f"{k}={v:.4f}" for k, v in result.items()))
+    return 0
+
+
+def cmd_eval_representation(args) -> int:
+    from .engine.representation import evaluate_representation
+
+    result = evaluate_representation(args.checkpoint, args.protocol, args.overrides, ks=args.k, feature=args.feature)
+    scores = {k: v for k, v in result.items() if isinstance(v, float)}
+    print(json.dumps(result, indent=2) if args.json else "  ".join(f"{k}={v:.4f}" for k, v in scores.items()))
     return 0
 
 
@@ -124,6 +135,19 @@ def bench_names() -> List[str]:
     from .bench import names
 
     return names()
+EVAL_PROTOCOLS = """protocols:
+  task    the student's output scored by its task's metric on the test split (accuracy, mIoU, ...)
+  knn     k-NN on the frozen backbone's features: eval transform (no augmentation), the --feature
+          output (default @pooled), L2-normalised, cosine similarity against the training split;
+          majority vote of the k nearest (--k, default 1 and 20); ties go to the tied class whose
+          best-ranked neighbour comes first (neighbours ranked by similarity, then lower index)
+  linear  linear probe on the same features, computed once and cached in memory: L2-normalised,
+          standardised with the training split's statistics, a linear classifier trained with SGD
+          (lr 0.1, momentum 0.9, batch 256, 100 epochs, lr x0.1 at 60% and 80%); test top-1
+
+knn and linear need a classification data set (training and test split with labels); both write
+their result into eval.json next to the checkpoint. They work for teachers and students alike,
+for every model of the registry."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -144,13 +168,19 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--allow-imports", action="store_true", help="trust import_path entries of this config")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint's student on its test set")
+    e = sub.add_parser("eval", help="evaluate a checkpoint's student on its test set",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=EVAL_PROTOCOLS)
     e.add_argument("checkpoint")
     e.add_argument("overrides", nargs="*", default=[], help="data.key=value to evaluate on other data")
     e.add_argument("--json", action="store_true")
     e.add_argument("--precision", choices=["fp32", "auto", "bf16", "fp16"], default="fp32",
                    help="autocast precision (default fp32, as training evaluates unless train.eval_precision is set)")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    e.add_argument("--protocol", choices=["task", "knn", "linear"], default="task",
+                   help="task: the task's own metric (default); knn / linear: the frozen backbone's features, "
+                        "see below")
+    e.add_argument("--k", type=int, nargs="+", default=[1, 20], help="k of the k-NN protocol (default: 1 20)")
+    e.add_argument("--feature", default="@pooled", help="the layer whose output is the feature (default @pooled)")
     e.set_defaults(fn=cmd_eval)
 
     ls = sub.add_parser("list", help="list methods, models, datasets, tasks, configs, or a model's layers")

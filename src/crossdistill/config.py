@@ -20,6 +20,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from .errors import ConfigError, did_you_mean
 
 
+#: a batch field holding an augmented copy of the image: input, input_1, input_2, ...
+INPUT_FIELD = r"^input(_[1-9][0-9]*)?$"
+
+
 class Strict(BaseModel):
     # allow_inf_nan=False: `lr=.inf` or `.nan` (valid YAML floats) are bad values, not a run that NaNs
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -45,7 +49,10 @@ class DataConfig(Strict):
     name: str = "shapes"
     root: Optional[UserPath] = None
     options: Dict[str, Any] = Field(default_factory=dict)  # dataset-specific, checked by the dataset
-    augment: Literal["crop_flip", "resized_crop_flip", "none"] = "crop_flip"
+    augment: Literal["crop_flip", "resized_crop_flip", "ssl", "none"] = "crop_flip"
+    # independently augmented copies of each training image: input, input_1, ... (two views for a
+    # self-supervised objective; a different view for one network). Evaluation always sees one.
+    copies: int = Field(1, ge=1, le=8)
     batch_size: int = Field(64, gt=0)
     eval_batch_size: Optional[int] = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)
@@ -71,6 +78,8 @@ class TeacherConfig(Strict):
     seed: int = 0
     import_path: Optional[str] = None
     input: Literal["identity", "luminance", "chroma", "grayscale3"] = "identity"
+    # the batch field this teacher reads: input (the student's tensor), or input_1, ... (data.copies)
+    input_field: str = Field("input", pattern=INPUT_FIELD)
 
 
 class TermConfig(BaseModel):
@@ -82,6 +91,7 @@ class DistillConfig(Strict):
     task_weight: float = Field(1.0, ge=0)
     terms: List[TermConfig] = Field(default_factory=list)
     student_input: Literal["identity", "luminance", "chroma", "grayscale3"] = "identity"
+    student_input_field: str = Field("input", pattern=INPUT_FIELD)  # as teachers.X.input_field
 
 
 class OptimizerConfig(Strict):

@@ -11,6 +11,12 @@
 Teachers are frozen, kept in eval mode and run under ``no_grad``; they are not part of
 ``state_dict()`` (which holds the student and the methods' projectors/state, for resuming).
 ``distiller.student.state_dict()`` is the student alone, for export.
+
+Inputs: every network reads the batch field ``"input"`` unless ``input_fields`` names another one
+(``{"teacher_a": "input_1"}``: an independently augmented copy, see ``data.copies``), then its
+``input_transforms`` view. A term that needs the student on further fields (two views for a
+self-supervised objective) lists them in ``Method.extra_student_inputs``; the student then runs
+once per distinct field, and the term's student tensors are its sides for each field in turn.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .checks import check_input_channels, check_module, check_terms, check_weight
-from .errors import ConfigError, NotBuiltError, ShapeError
+from .errors import ConfigError, DataError, NotBuiltError, ShapeError
 from .methods.base import TARGET, DataSetup, Method, SampleField, as_list, split_loss
 from .taps import INPUT_SUFFIX, OUTPUT, FeatureTap, StudentEdits, split_path, unwrap
 
@@ -189,6 +195,7 @@ class Distiller(nn.Module):
         task_weight: float = 1.0,
         example_input: Optional[Tensor] = None,
         input_transforms: Optional[Mapping[str, Callable[[Tensor], Tensor]]] = None,
+        input_fields: Optional[Mapping[str, str]] = None,
     ):
         super().__init__()
         self.student = check_module(student, "student")
@@ -209,6 +216,12 @@ class Distiller(nn.Module):
         self.task_weight = check_weight(task_weight, "task_weight")
         # per-network input views (cross-modal transfer): keys "student" or a teacher name
         self.input_transforms = dict(input_transforms or {})
+        # which batch field each network reads (keys "student" or a teacher name); default "input"
+        self.input_fields = dict(input_fields or {})
+        for who in self.input_fields:
+            if who != "student" and who not in self.teachers:
+                raise ConfigError(f"input_fields names '{who}', which is neither 'student' nor a teacher "
+                                  f"({', '.join(self.teachers) or 'none'})")
         self.phase = MAIN
         self._term_autocast = _TermAutocast()
         self._autocast_handles: List[torch.utils.hooks.RemovableHandle] = []
@@ -230,25 +243,34 @@ class Distiller(nn.Module):
     def _wire(self) -> None:
         """Resolve every side to module paths and hook them (fails now, not at step 1000)."""
         self._s_paths: List[List[str]] = []
-        self._t_paths: List[List[str]] = []
+        self._t_paths: List[List[str]] = []  # the first teacher's paths, per term
+        self._t_paths_of: List[Dict[str, List[str]]] = []  # every teacher's paths, per term
         teacher_paths: Dict[str, List[str]] = {}
         for term in self.terms:
             s = [p for side in as_list(term.student_side) for p in resolve_side(self.student, side, "student")]
             self._s_paths.append(s)
-            t: List[str] = []
+            per: Dict[str, List[str]] = {}
             if term.needs_teacher:
                 for name in term.from_teacher:
                     if name not in self.teachers:
                         have = ", ".join(self.teachers) or "none"
                         raise ConfigError(f"method '{term.name}' reads teacher '{name}', but the teachers are: {have}; "
                                           "add it under `teachers:` or set from_teacher")
-                # all teachers of an ensemble must expose the same sides
-                t = [p for side in as_list(term.teacher_side)
-                     for p in resolve_side(self.teachers[term.from_teacher[0]], side, f"teacher '{term.from_teacher[0]}'")]
+                # each teacher resolves the aliases itself: teachers may differ in architecture
                 for name in term.from_teacher:
-                    teacher_paths.setdefault(name, []).extend(t)
-            self._t_paths.append(t)
-        self._s_tap = FeatureTap(self.student, [p for ps in self._s_paths for p in ps], "student")
+                    per[name] = [p for side in as_list(term.teacher_side)
+                                 for p in resolve_side(self.teachers[name], side, f"teacher '{name}'")]
+                    teacher_paths.setdefault(name, []).extend(per[name])
+                counts = {n: len(ps) for n, ps in per.items()}
+                if term.combine_teachers == "mean" and len(set(counts.values())) > 1:
+                    raise ConfigError(f"method '{term.name}' averages teachers {term.from_teacher}, but their sides "
+                                      f"{term.teacher_side!r} resolve to different numbers of layers {counts}")
+            self._t_paths.append(per[term.from_teacher[0]] if per else [])
+            self._t_paths_of.append(per)
+        # the task may score a student side other than the output (a backbone's pooled feature)
+        side = getattr(self.task, "output_side", OUTPUT) if self.task is not None else OUTPUT
+        self._out_path = OUTPUT if side == OUTPUT else resolve_side(self.student, side, "student")[0]
+        self._s_tap = FeatureTap(self.student, [p for ps in self._s_paths for p in ps] + [self._out_path], "student")
         self._t_taps = {n: FeatureTap(self.teachers[n], ps, f"teacher '{n}'") for n, ps in teacher_paths.items()}
         # student edits, resolved like the sides: per term, (module path, fn) pairs
         self._edits: List[List[Tuple[str, Callable]]] = []
@@ -272,7 +294,8 @@ class Distiller(nn.Module):
         try:
             x = example_input[:2] if example_input.shape[0] > 2 else example_input
             self._check_channels(x)
-            s_feats, t_feats = self._forward_networks(x, [True] * len(self.terms))
+            active = [True] * len(self.terms)
+            s_feats, t_feats = self._forward_networks({f: x for f in self._fields_read(active)}, active)
             for i, term in enumerate(self.terms):
                 s, t = self._term_inputs(i, s_feats, t_feats)
                 term.build(s, t)
@@ -373,30 +396,68 @@ class Distiller(nn.Module):
             return {p: batch[k] for p, k in keys.items()}
         return None
 
-    def _forward_networks(self, x: Tensor, active: List[bool], term_batches: Optional[List[Batch]] = None,
-                          batch: Optional[Batch] = None):
-        """Student and teachers on ``x``. With ``term_batches`` (the training forward: each term's view of the
-        batch), the active terms' student edits apply: the teachers then run first, so that an edit can
-        read their tensors. A teacher whose tensors ``batch`` carries (the teacher cache) does not run."""
+    def _field(self, who: str) -> str:
+        return self.input_fields.get(who, "input")
+
+    def _student_fields(self, i: int) -> List[str]:
+        """The batch fields term ``i`` sees the student on: the student's own, then the term's extras."""
+        return [self._field("student"), *self.terms[i].extra_student_inputs]
+
+    def _teachers_needed(self, active: List[bool]) -> List[str]:
+        names = [n for i, term in enumerate(self.terms) if active[i] and term.needs_teacher for n in term.from_teacher]
+        return list(dict.fromkeys(names))
+
+    def _fields_read(self, active: List[bool]) -> Dict[str, str]:
+        """Batch field → who reads it (the first reader), for the active terms."""
+        readers: Dict[str, str] = {self._field("student"): "the student"}
+        for i, (term, label) in enumerate(zip(self.terms, self.labels)):
+            if active[i]:
+                for f in term.extra_student_inputs:
+                    readers.setdefault(f, f"term '{label}' (the student's extra input)")
+        for n in self._teachers_needed(active):
+            readers.setdefault(self._field(n), f"teacher '{n}'")
+        return readers
+
+    def fields_read(self) -> Dict[str, str]:
+        """Every batch field some network reads in some phase (``input``, ``input_1``, ...) → its first reader."""
+        return self._fields_read([True] * len(self.terms))
+
+    def _read(self, batch: Batch, field: str, who: str) -> Tensor:
+        if field not in batch:
+            raise DataError(f"{who} reads the batch field '{field}', but the batch has only {sorted(batch)}; "
+                            "independently augmented copies input_1, input_2, ... come from data.copies")
+        return batch[field]
+
+    def _forward_networks(self, batch: Batch, active: List[bool], term_batches: Optional[List[Batch]] = None):
+        """Student features by batch field (``{field: {path: tensor}}``) and teacher features by name.
+
+        With ``term_batches`` (the training forward: each term's view of the batch), the active terms'
+        student edits apply to the student's own input: the teachers then run first, so that an edit
+        can read their tensors."""
         editing = term_batches is not None and any(active[i] and self._edits[i] for i in range(len(self.terms)))
-        t_feats = self._forward_teachers(x, active, batch) if editing else None
-        if editing:
-            fns = {}
-            for i, pairs in enumerate(self._edits):
-                if not (active[i] and pairs):
-                    continue
-                t = self._teacher_inputs(i, t_feats)
-                for path, fn in pairs:
-                    inner = fns.get(path)
-                    fns[path] = self._bind_edit(fn, t, term_batches[i], inner)
-            with self._s_edits.active(fns):
-                out = self.student(self._view("student", x))
-        else:
-            out = self.student(self._view("student", x))
-        s_feats = self._s_tap.pop()
-        s_feats[OUTPUT] = out
+        t_feats = self._forward_teachers(batch, active) if editing else None
+        main = self._field("student")
+        extra = [f for i in range(len(self.terms)) if active[i] for f in self.terms[i].extra_student_inputs]
+        s_feats: Dict[str, Dict[str, Tensor]] = {}
+        for field in dict.fromkeys([main, *extra]):
+            x = self._view("student", self._read(batch, field, "the student"))
+            if editing and field == main:
+                fns: Dict[str, Callable] = {}
+                for i, pairs in enumerate(self._edits):
+                    if not (active[i] and pairs):
+                        continue
+                    t = self._teacher_inputs(i, t_feats)
+                    for path, fn in pairs:
+                        fns[path] = self._bind_edit(fn, t, term_batches[i], fns.get(path))
+                with self._s_edits.active(fns):
+                    out = self.student(x)
+            else:
+                out = self.student(x)
+            feats = self._s_tap.pop()
+            feats[OUTPUT] = out
+            s_feats[field] = feats
         if t_feats is None:
-            t_feats = self._forward_teachers(x, active, batch)
+            t_feats = self._forward_teachers(batch, active)
         return s_feats, t_feats
 
     @staticmethod
@@ -406,33 +467,36 @@ class Distiller(nn.Module):
             return lambda out: fn(out, t, batch)
         return lambda out: fn(inner(out), t, batch)
 
-    def _forward_teachers(self, x: Tensor, active: List[bool], batch: Optional[Batch] = None) -> Dict[str, Dict[str, Tensor]]:
+    def _forward_teachers(self, batch: Batch, active: List[bool]) -> Dict[str, Dict[str, Tensor]]:
         t_feats: Dict[str, Dict[str, Tensor]] = {}
-        needed = {n for i, term in enumerate(self.terms) if active[i] and term.needs_teacher for n in term.from_teacher}
-        for name in needed:
+        for name in self._teachers_needed(active):
             # the batch may carry the teacher's tensors (the teacher cache): then it does not run
-            t_feats[name] = self._from_batch(name, batch) or self.teacher_features(name, x)
+            t_feats[name] = self._from_batch(name, batch) or self.teacher_features(
+                name, self._read(batch, self._field(name), f"teacher '{name}'"))
         return t_feats
 
     def _term_inputs(self, i: int, s_feats, t_feats) -> Tuple[List[Tensor], List[Tensor]]:
         # float32 unless the term reads the networks' dtype itself (its losses upcast inside their reductions)
         dtype = torch.float32 if self.terms[i].float32_inputs else None
-        s = [loss_input(s_feats[p], dtype) for p in self._s_paths[i]]
+        s = [loss_input(s_feats[f][p], dtype) for f in self._student_fields(i) for p in self._s_paths[i]]
         return s, self._teacher_inputs(i, t_feats, dtype)
 
     def _teacher_inputs(self, i: int, t_feats, dtype: Optional[torch.dtype] = torch.float32) -> List[Tensor]:
         term = self.terms[i]
+        if not term.needs_teacher:
+            return []
+        cast = (lambda v: v.to(dtype)) if dtype is not None else (lambda v: v)
+        paths = self._t_paths_of[i]
+        if term.combine_teachers == "separate":  # every teacher's sides in turn, for independent heads
+            return [cast(t_feats[n][p]) for n in term.from_teacher for p in paths[n]]
         t: List[Tensor] = []
-        if term.needs_teacher:
-            for p in self._t_paths[i]:
-                views = [t_feats[n][p] for n in term.from_teacher]
-                if len({tuple(v.shape) for v in views}) > 1:
-                    raise ShapeError(f"ensemble teachers {term.from_teacher} give different shapes at '{p}': "
-                                     f"{[tuple(v.shape) for v in views]}")
-                if len(views) == 1:
-                    t.append(views[0].to(dtype) if dtype is not None else views[0])
-                else:
-                    t.append(torch.stack([v.float() for v in views]).mean(0))
+        for j in range(len(paths[term.from_teacher[0]])):
+            views = [t_feats[n][paths[n][j]] for n in term.from_teacher]
+            if len({tuple(v.shape) for v in views}) > 1:
+                raise ShapeError(f"ensemble teachers {term.from_teacher} give different shapes at "
+                                 f"{[paths[n][j] for n in term.from_teacher]}: {[tuple(v.shape) for v in views]}; "
+                                 "for independent heads per teacher use a method that reads them separately")
+            t.append(cast(views[0]) if len(views) == 1 else torch.stack([v.float() for v in views]).mean(0))
         return t
 
     def forward(self, batch) -> Tuple[Tensor, Dict[str, Tensor]]:
@@ -447,20 +511,21 @@ class Distiller(nn.Module):
         term_batches = [self._term_batch(i, batch) if active[i] else batch for i in range(len(self.terms))]
         try:
             # edits act in the training forward only (never in eval mode, predict, or the dry run)
-            s_feats, t_feats = self._forward_networks(batch["input"], active, term_batches if self.training else None,
-                                                      batch)
+            s_feats, t_feats = self._forward_networks(batch, active, term_batches if self.training else None)
         except RuntimeError:
             self._check_channels(batch["input"])  # the likely cause, named; otherwise torch's own error
             raise
+        main = s_feats[self._field("student")]
         parts: Dict[str, Tensor] = {}
-        total = s_feats[OUTPUT].new_zeros((), dtype=torch.float32)
+        total = main[OUTPUT].new_zeros((), dtype=torch.float32)
         if phase == MAIN and self.task is not None:
-            task_loss = self.task.loss(s_feats[OUTPUT].float(), batch)
-            parts["task"] = task_loss.detach()
-            total = total + self.task_weight * task_loss
+            task_loss = self.task.loss(main[self._out_path].float(), batch)
+            if task_loss is not None:  # None: a task without a labelled loss (self-supervised)
+                parts["task"] = task_loss.detach()
+                total = total + self.task_weight * task_loss
         # losses run in float32 whatever the networks' autocast precision; the terms' convolutions and
         # linear layers run at the networks' precision (_TermAutocast)
-        dev = s_feats[OUTPUT].device.type
+        dev = main[OUTPUT].device.type
         amp = torch.is_autocast_enabled(dev)
         self._term_autocast.state = (dev, torch.get_autocast_dtype(dev)) if amp else None
         try:
@@ -482,10 +547,11 @@ class Distiller(nn.Module):
         return total, parts
 
     def predict(self, x: Tensor) -> Tensor:
-        """The student's output alone (what is deployed): no teacher, no loss."""
+        """The student's output alone (what is deployed): no teacher, no loss. A task whose
+        ``output_side`` is a feature (self-supervised: ``@pooled``) gets that feature."""
         out = self.student(self._view("student", x))
-        self._s_tap.pop()
-        return out
+        feats = self._s_tap.pop()
+        return out if self._out_path == OUTPUT else feats[self._out_path]
 
     # -- modes and state ----------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Distiller":

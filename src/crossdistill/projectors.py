@@ -14,7 +14,7 @@ spatial size in both directions. Shapes come from one dry-run forward (see ``Dis
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -91,17 +91,35 @@ class Projector(nn.Module):
 
 
 class MLPHead(nn.Module):
-    """A deep MLP head (SimReg / BYOL style): widths ``hidden`` then ``out``; Linear+BN+ReLU
-    between layers, none after the last. Dropped after training."""
+    """A deep MLP head (SimReg / BYOL / SimCLR style): widths ``hidden`` then ``out``; Linear+BN+ReLU
+    between layers, none after the last. Dropped after training.
 
-    def __init__(self, in_dim: int, hidden: Tuple[int, ...], out_dim: int):
+    ``plain``: indices of hidden layers that get no BN+ReLU (a biased Linear alone) — SimReg's
+    released code leaves layer 1 (the second) of its 4-layer head bare. ``input_norm``: a
+    BatchNorm1d on the input first — the released code's "linear" head is BN + Linear.
+    """
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, plain: Sequence[int] = (),
+                 input_norm: bool = False):
         super().__init__()
-        dims = (in_dim, *hidden)
-        layers: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
-        layers.append(nn.Linear(dims[-1], out_dim))
+        dims = (int(in_dim), *(int(h) for h in hidden))
+        bad = [i for i in plain if not 0 <= i < len(dims) - 1]
+        if bad:
+            raise ConfigError(f"MLPHead: plain layer index {bad[0]} is not one of the {len(dims) - 1} hidden layer(s)")
+        layers: list[nn.Module] = [nn.BatchNorm1d(dims[0])] if input_norm else []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            if i in plain:
+                layers.append(nn.Linear(a, b))
+            else:
+                layers += [nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(dims[-1], int(out_dim)))
         self.net = nn.Sequential(*layers)
+
+    @property
+    def widths(self) -> Tuple[int, ...]:
+        """Input width, then the output width of every Linear: ``(in, *hidden, out)``."""
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        return (linears[0].in_features, *(m.out_features for m in linears))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(pool_to_vector(x))

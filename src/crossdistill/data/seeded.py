@@ -9,6 +9,12 @@ views instead of a fresh one per epoch: view ``v`` of sample ``i`` is the transf
 seeded by ``(view_seed, i, v)`` — its crop box, flip, … are a pure function of those three integers,
 so it can be replayed at any time without storing parameters — and each epoch picks one view per
 sample from ``(seed, epoch, i)``. The sample then carries its ``"view"``.
+
+``copies > 1`` adds independently augmented copies of the image, ``input_1``, ``input_2``, ...
+(two views for a self-supervised objective, or a different view for one network). Copy ``c``
+draws from an RNG seeded by the sample's seed plus ``c`` times a constant; copy 0 is ``input``
+with the same seed as without copies, so adding copies changes nothing else. Only the image is kept from a copy:
+the targets (``label``, ``mask``, ...) belong to ``input``.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-_MIX = (1_000_003, 7_919, 104_729)
+_MIX = (1_000_003, 7_919, 104_729, 15_485_863)
 _VIEW_SALT = 0x5EED_0F_7E1E
 
 
@@ -31,12 +37,20 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
+def copy_field(c: int) -> str:
+    """The batch field of augmented copy ``c``: ``input`` for 0, else ``input_c``."""
+    return "input" if c == 0 else f"input_{c}"
+
+
 class AugmentedDataset(Dataset):
     def __init__(self, dataset: Dataset, transform: Optional[Callable[[Dict[str, Tensor]], Dict[str, Tensor]]], seed: int = 0,
-                 views: Optional[int] = None, view_seed: int = 0):
+                 views: Optional[int] = None, view_seed: int = 0, copies: int = 1):
+        if int(copies) < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}")
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
+        self.copies = int(copies)
         self.epoch = 0
         self.views = views
         self.view_seed = view_seed
@@ -68,15 +82,21 @@ class AugmentedDataset(Dataset):
         return self._transformed(index, _splitmix64(key ^ _VIEW_SALT) % (2**63 - 1))
 
     def _transformed(self, index: int, seed: int) -> Dict[str, Tensor]:
+        """Sample ``index`` augmented under ``seed``; its extra copies under ``seed + c·M``."""
         sample = self.dataset[index]
+        out = self._augment(sample, seed, first=True)
+        for c in range(1, self.copies):
+            out[copy_field(c)] = self._augment(sample, (seed + c * _MIX[3]) % (2**63 - 1), first=False)["input"]
+        return out
+
+    def _augment(self, sample: Dict[str, Tensor], seed: int, first: bool) -> Dict[str, Tensor]:
         if self.transform is None:
-            return sample
+            return dict(sample) if first else {"input": sample["input"].clone()}
         with torch.random.fork_rng(devices=[]):
             # the CPU generator only: torch.manual_seed would also queue lazy seeds for CUDA/XPU/MTIA,
             # capturing a stack trace each time (5× the cost of the whole augmentation); same stream
             torch.default_generator.manual_seed(seed)
             return self.transform(sample)
-
 
 class SampleFieldsDataset(Dataset):
     """Adds per-sample fields that methods declare (``Method.sample_fields``) to every sample.

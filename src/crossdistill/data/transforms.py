@@ -195,7 +195,58 @@ class Normalize:
         return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
 
 
-TRAIN_TRANSFORM_KINDS = ("crop_flip", "resized_crop_flip", "none")
+class RandomIntensityJitter:
+    """SimCLR-style photometric jitter on a normalised image (its ``mean``/``std`` undo and redo the
+    normalisation, so it works in [0, 1] pixel space).
+
+    With probability ``p``: brightness ``x·b``, contrast ``(x − m)·c + m`` (``m`` the image's mean
+    grey level) and, for 3 channels, saturation ``g + (x − g)·s`` (``g`` the pixel's grey level), with
+    ``b, c, s`` uniform in ``[1 − strength, 1 + strength]``, in that fixed order, each clamped to
+    [0, 1]. Then, for 3 channels, grey with probability ``grayscale_p``. Only ``input`` changes.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], brightness: float = 0.4, contrast: float = 0.4,
+                 saturation: float = 0.4, p: float = 0.8, grayscale_p: float = 0.2,
+                 generator: Optional[torch.Generator] = None):
+        c = len(mean) or 1
+        self.mean = torch.tensor(list(mean) or [0.0], dtype=torch.float32).view(-1, 1, 1).expand(c, 1, 1)
+        self.std = torch.tensor(list(std) or [1.0], dtype=torch.float32).view(-1, 1, 1).expand(c, 1, 1)
+        self.brightness, self.contrast, self.saturation = float(brightness), float(contrast), float(saturation)
+        self.p, self.grayscale_p = float(p), float(grayscale_p)
+        self.generator = generator
+
+    def _factor(self, strength: float) -> float:
+        return _uniform(max(0.0, 1 - strength), 1 + strength, self.generator)
+
+    def __call__(self, sample: Sample) -> Sample:
+        x = sample["input"]
+        jitter = torch.rand((), generator=self.generator).item() < self.p
+        grey = x.shape[0] == 3 and torch.rand((), generator=self.generator).item() < self.grayscale_p
+        if not (jitter or grey):
+            return sample
+        mean, std = self.mean.to(x), self.std.to(x)
+        img = (x * std + mean).clamp(0, 1)
+        luma = (lambda y: (y * torch.tensor([0.299, 0.587, 0.114]).to(y).view(3, 1, 1)).sum(0, keepdim=True)) \
+            if x.shape[0] == 3 else (lambda y: y.mean(0, keepdim=True))
+        if jitter:
+            img = (img * self._factor(self.brightness)).clamp(0, 1)
+            m = luma(img).mean()
+            img = ((img - m) * self._factor(self.contrast) + m).clamp(0, 1)
+            if x.shape[0] == 3:
+                g = luma(img)
+                img = (g + (img - g) * self._factor(self.saturation)).clamp(0, 1)
+        if grey:
+            img = luma(img).expand_as(img)
+        out = dict(sample)
+        out["input"] = (img - mean) / std
+        return out
+
+    def __repr__(self) -> str:
+        return (f"RandomIntensityJitter(brightness={self.brightness}, contrast={self.contrast}, "
+                f"saturation={self.saturation}, p={self.p}, grayscale_p={self.grayscale_p})")
+
+
+TRAIN_TRANSFORM_KINDS = ("crop_flip", "resized_crop_flip", "ssl", "none")
 
 
 def build_train_transform(
@@ -206,6 +257,9 @@ def build_train_transform(
     - ``crop_flip``: pad by 1/8 of the side (4 px at 32×32) + random crop + horizontal flip
       (the CIFAR recipe)
     - ``resized_crop_flip``: random resized crop, scale 0.2–1, + flip (SimReg's weak augmentation)
+    - ``ssl``: ``resized_crop_flip`` + SimCLR's photometric jitter (brightness/contrast 0.4, and for
+      RGB saturation 0.4 and grey with p = 0.2; jitter with p = 0.8) — strong enough for a
+      self-supervised objective on two views; hue and blur are left out
     - ``none``: identity
     """
     size = tuple(info.image_size)
@@ -219,6 +273,12 @@ def build_train_transform(
         return Compose([
             RandomResizedCrop(size, scale=(0.2, 1.0), generator=generator),
             RandomHorizontalFlip(0.5, generator=generator),
+        ])
+    if kind == "ssl":
+        return Compose([
+            RandomResizedCrop(size, scale=(0.2, 1.0), generator=generator),
+            RandomHorizontalFlip(0.5, generator=generator),
+            RandomIntensityJitter(info.mean, info.std, generator=generator),
         ])
     if kind == "none":
         return Compose([])

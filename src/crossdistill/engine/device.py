@@ -79,7 +79,7 @@ def to_device(batch: Dict[str, Any], device: torch.device, channels_last: bool) 
     for k, v in batch.items():
         if isinstance(v, Tensor):
             v = v.to(device, non_blocking=True)
-            if k == "input" and v.dim() == 4:
+            if (k == "input" or k.startswith("input_")) and v.dim() == 4:  # every augmented copy
                 v = v.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         out[k] = v
     return out

@@ -86,7 +86,11 @@ def load_for_eval(path: str, overrides: Sequence[str] = ()) -> EvalSetup:
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, DataConfig, prefix="data.")) from None
     test = build_test_set(data_cfg)
-    task = build_task(spec.get("task", "classification"), test.info)
+    task_name = spec.get("task", "classification")
+    task = build_task(task_name, test.info)
+    if getattr(task, "output_side", "output") != "output":
+        raise ConfigError(f"'{path}' is a backbone trained by task '{task_name}', which has no output to score; "
+                          "evaluate its features with --protocol knn or --protocol linear")
     trained = spec.get("task_classes")
     if trained is not None and task.num_classes is not None and trained != task.num_classes:
         raise ConfigError(f"the student in '{path}' predicts {trained} classes but this data has {task.num_classes}; "

@@ -15,6 +15,7 @@ REPRODUCTIONS: Dict[str, Tuple[str, str]] = {
     "cross-modal": ("settings", "reproduce_cross_modal"),
     "teacher-cache": ("teacher_cache", "reproduce_teacher_cache"),
     "dpk-teacher-size": ("dpk", "reproduce_dpk_teacher_size"),
+    "simreg": ("simreg", "reproduce_simreg"),
 }
 
 

@@ -33,7 +33,9 @@ from .features import (
 )
 from .logits import kd_loss
 from .prior import mix_patches, patch_mask
+from .regression import normalized_regression_loss
 from .relations import cc_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss, rkd_loss, sp_loss
+from .self_supervised import nt_xent_loss
 from .similarity import centred_gram, linear_cka
 from .spectral import (
     feature_rows,
@@ -80,4 +82,6 @@ __all__ = [
     "linear_cka",
     "patch_mask",
     "mix_patches",
+    "normalized_regression_loss",
+    "nt_xent_loss",
 ]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, ClassVar, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Annotated, Any, Callable, ClassVar, Dict, Iterable, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -114,6 +114,13 @@ class Method(nn.Module):
     #: default sides, overridable per instance
     default_student: ClassVar[Side] = "output"
     default_teacher: ClassVar[Side] = "output"
+    #: how a term that reads several teachers (``from_teacher: [a, b]``) receives their tensors:
+    #: ``"mean"`` — averaged into one set of sides (an ensemble); ``"separate"`` — each teacher's
+    #: sides in turn, ``t = [a's sides..., b's sides...]`` (independent heads, e.g. SimReg)
+    combine_teachers: ClassVar[Literal["mean", "separate"]] = "mean"
+    #: further batch fields the student is run on for this term (e.g. ``("input_1",)``: a second
+    #: augmented view); ``s`` then holds the sides for the student's own input, then for each of these
+    extra_student_inputs: Tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -125,7 +132,8 @@ class Method(nn.Module):
         super().__init__()
         self.student_side = student if student is not None else self.default_student
         self.teacher_side = teacher if teacher is not None else self.default_teacher
-        # several teacher names = an ensemble: their tensors are averaged before the loss
+        # several teacher names: averaged before the loss (an ensemble), or handed over one by one
+        # when the class sets combine_teachers = "separate"
         self.from_teacher = [from_teacher] if isinstance(from_teacher, str) else list(from_teacher)
         self.weight = float(self.default_weight if weight is None else weight)
 

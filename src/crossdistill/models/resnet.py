@@ -4,7 +4,7 @@ with a CIFAR stem: one 3×3 stride-1 conv and no max-pool, four stages at 32/16/
 """
 from __future__ import annotations
 
-from typing import Sequence, Type
+from typing import Dict, Optional, Sequence, Type
 
 import torch
 import torch.nn as nn
@@ -112,3 +112,46 @@ def ResNet34(num_classes: int = 100, in_channels: int = 3, **kwargs) -> ResNet:
 @register_model("ResNet50")
 def ResNet50(num_classes: int = 100, in_channels: int = 3, **kwargs) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def state_dict_from_torchvision(state: Dict[str, torch.Tensor], strip_prefix: str = "",
+                                num_classes: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """A torchvision-layout ResNet state dict (as released by MoCo, BYOL, SwAV, ... checkpoints) →
+    one for :class:`ResNet` with ``stem="imagenet"``: ``strip_prefix`` removed (e.g.
+    ``"module.encoder_q."``), ``conv1``/``bn1`` renamed to ``stem.0``/``stem.1``. The classifier:
+    kept when it is one ``fc`` Linear; otherwise (a self-supervised MLP ``fc.0``, ``fc.2``, ... or
+    none) replaced by zeros of ``num_classes`` outputs — a teacher's head is never read by methods
+    that tap ``@pooled`` such as SimReg. Keys outside the backbone (a momentum encoder, queues) are
+    dropped. Save the result with ``torch.save`` and give it as ``teachers.X.weights``."""
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if strip_prefix:
+            if not key.startswith(strip_prefix):
+                continue
+            key = key[len(strip_prefix):]
+        head = key.split(".", 1)[0]
+        if head in ("conv1", "bn1"):
+            key = ("stem.0." if head == "conv1" else "stem.1.") + key.split(".", 1)[1]
+        elif head not in ("layer1", "layer2", "layer3", "layer4", "fc"):
+            continue
+        out[key] = value
+    linear = "fc.weight" in out and out["fc.weight"].dim() == 2 and set(k for k in out if k.startswith("fc.")) <= {"fc.weight", "fc.bias"}
+    if not linear:
+        width = out["layer4." + _last_block(out) + ".bn" + ("3" if _bottleneck(out) else "2") + ".weight"].shape[0]
+        for k in [k for k in out if k.startswith("fc.")]:
+            del out[k]
+        if num_classes is None:
+            from ..errors import ConfigError
+
+            raise ConfigError("the state dict has no linear fc; give num_classes for the replacement classifier")
+        out["fc.weight"] = torch.zeros(num_classes, width)
+        out["fc.bias"] = torch.zeros(num_classes)
+    return out
+
+
+def _bottleneck(state: Dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith("layer1.0.conv3.") for k in state)
+
+
+def _last_block(state: Dict[str, torch.Tensor]) -> str:
+    return str(max(int(k.split(".")[1]) for k in state if k.startswith("layer4.")))

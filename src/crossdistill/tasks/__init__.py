@@ -1,6 +1,6 @@
-"""Tasks: classification, segmentation, depth, translation."""
+"""Tasks: classification, segmentation, depth, translation, self_supervised."""
 from .base import TASKS, Task, create_task, register_task
 
-from . import classification, segmentation, depth, translation  # noqa: F401,E402
+from . import classification, segmentation, depth, translation, self_supervised  # noqa: F401,E402
 
 __all__ = ["TASKS", "Task", "create_task", "register_task"]

@@ -7,7 +7,7 @@ and optional extras such as ``"index"`` (position in the dataset).
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor
@@ -20,6 +20,10 @@ class Task:
     target_key: str = ""
     primary_metric: str = ""
     higher_is_better: bool = True
+    #: the student side the task scores (``"output"``, or a feature such as ``"@pooled"``)
+    output_side: str = "output"
+    #: False for tasks that learn without labels: methods then get no labels either
+    uses_labels: bool = True
 
     def __init__(self, num_classes: int | None = None):
         self.num_classes = num_classes
@@ -28,7 +32,8 @@ class Task:
         """How many output channels / logits the model's head needs for this task."""
         raise NotImplementedError
 
-    def loss(self, output: Tensor, batch: Dict[str, Tensor]) -> Tensor:
+    def loss(self, output: Tensor, batch: Dict[str, Tensor]) -> Optional[Tensor]:
+        """The task's own loss, or ``None`` for a task without one (self-supervised)."""
         raise NotImplementedError
 
     def metrics(self):

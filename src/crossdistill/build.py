@@ -19,6 +19,7 @@ from .config import Config, TeacherConfig
 from .data import IndexedDataset, create_dataset
 from .data.transforms import build_eval_transform, build_train_transform
 from .data.seeded import AugmentedDataset
+from .data.wrappers import SubsetDataset, validation_split
 from .distiller import Distiller
 from .engine.checkpoint import load_checkpoint, load_into, load_state_dict_file, student_state
 from .errors import ConfigError
@@ -36,6 +37,7 @@ class Run:
     task: Task
     distiller: Distiller
     model_spec: Dict[str, Any]
+    eval_split: str = "test"  # "validation" when data.validation holds out part of the training split
 
 
 @functools.lru_cache(maxsize=8)
@@ -46,29 +48,35 @@ def _dataset(name: str, split: str, root: Optional[str], options_json: str) -> D
 
 
 def build_data(cfg: Config):
+    """``(train, eval, info, eval_split)``. With ``data.validation`` the eval set is a held-out
+    part of the training split (``eval_split = "validation"``) and the test split is never built."""
     d = cfg.data
     key = json.dumps(d.options, sort_keys=True)
     root = os.path.expanduser(d.root) if d.root else None
     train = _dataset(d.name, "train", root, key)
-    test = _dataset(d.name, "test", root, key)
     info = train.info
+    if d.validation is not None:
+        train_idx, val_idx = validation_split(len(train), d.validation)
+        train, held_out, split = SubsetDataset(train, train_idx), SubsetDataset(train, val_idx), "validation"
+    else:
+        held_out, split = _dataset(d.name, "test", root, key), "test"
     train = IndexedDataset(AugmentedDataset(train, build_train_transform(info, d.augment), seed=cfg.seed))
-    test = IndexedDataset(AugmentedDataset(test, build_eval_transform(info), seed=cfg.seed))
-    return train, test, info
+    held_out = IndexedDataset(AugmentedDataset(held_out, build_eval_transform(info), seed=cfg.seed))
+    return train, held_out, info, split
 
 
 def task_classes(task_name: str, info) -> Optional[int]:
     return info.num_seg_classes if task_name == "segmentation" else info.num_classes
 
 
-def build_task(name: str, info) -> Task:
+def build_task(name: str, info, options: Optional[Dict[str, Any]] = None) -> Task:
     from .tasks import TASKS
 
     key = getattr(TASKS.get(name), "target_key", "")
     if key and info.fields and key not in info.fields:
         raise ConfigError(f"task '{name}' needs the dataset field '{key}', but the dataset gives only "
                           f"{', '.join(info.fields)}; pick a dataset that provides '{key}' or another task")
-    return create_task(name, num_classes=task_classes(name, info))
+    return create_task(name, num_classes=task_classes(name, info), **dict(options or {}))
 
 
 def model_spec(name: str, options: Dict[str, Any], task: Task, in_channels: int) -> Dict[str, Any]:
@@ -134,8 +142,8 @@ def build_student(cfg: Config, task: Task, in_channels: int) -> tuple[nn.Module,
 
 
 def build_run(cfg: Config, allow_imports: bool = False) -> Run:
-    train, test, info = build_data(cfg)
-    task = build_task(cfg.task, info)
+    train, held_out, info, eval_split = build_data(cfg)
+    task = build_task(cfg.task, info, cfg.task_options)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         student, spec = build_student(cfg, task, info.in_channels)
@@ -149,4 +157,4 @@ def build_run(cfg: Config, allow_imports: bool = False) -> Run:
                               example_input=example, input_transforms=views)
     labels = getattr(train, "labels", None)
     distiller.setup(DataSetup(num_samples=len(train), num_classes=info.num_classes, labels=labels))
-    return Run(cfg, train, test, task, distiller, spec)
+    return Run(cfg, train, held_out, task, distiller, spec, eval_split)

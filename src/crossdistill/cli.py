@@ -44,7 +44,8 @@ def cmd_train(args) -> int:
     best, last = summary["best"], summary["last"]
     m = summary["primary_metric"]
     if last:
-        print(f"done: {m} last {last[m]:.4f} (epoch {last['epoch']}), best {best[m]:.4f} (epoch {best['epoch']}); "
+        split = "" if summary.get("eval_split", "test") == "test" else f" on the {summary['eval_split']} split"
+        print(f"done: {m}{split} last {last[m]:.4f} (epoch {last['epoch']}), best {best[m]:.4f} (epoch {best['epoch']}); "
               f"student saved to {summary['student']}")
     return 0
 

@@ -12,10 +12,10 @@ import copy
 import inspect
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence
+from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, create_model
 
 from .errors import ConfigError, did_you_mean
 
@@ -33,6 +33,10 @@ class DataConfig(Strict):
     batch_size: int = Field(64, gt=0)
     eval_batch_size: Optional[int] = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)
+    # hold out part of the *training* split (a count, or a fraction in (0, 1)) and evaluate on it
+    # instead of the test split, which is then never read; drawn with a fixed seed
+    # (data.wrappers.VALIDATION_SEED), so every run seed sees the same validation samples
+    validation: Optional[Union[Annotated[StrictInt, Field(gt=0)], Annotated[float, Field(gt=0, lt=1)]]] = None
 
 
 class ModelConfig(Strict):
@@ -110,6 +114,7 @@ class Config(Strict):
     seed: int = 0
     output_dir: str = "runs/run"
     task: str = "classification"
+    task_options: Dict[str, Any] = Field(default_factory=dict)  # checked against the task's signature
     data: DataConfig = Field(default_factory=DataConfig)
     student: ModelConfig
     teachers: Dict[str, TeacherConfig] = Field(default_factory=dict)
@@ -279,7 +284,21 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     except ValidationError as e:
         raise ConfigError(_format_error(e)) from None
     check_terms(cfg)
+    check_task_options(cfg)
     return cfg
+
+
+def check_task_options(cfg: Config) -> None:
+    from .tasks import TASKS
+
+    try:
+        cls = TASKS.get(cfg.task)
+    except ConfigError as e:
+        raise ConfigError(f"task: {e}") from None
+    options = dict(cfg.task_options)
+    if "num_classes" in options:
+        raise ConfigError("task_options.num_classes: the number of classes comes from the dataset; remove it")
+    validate_options(cls, options, f"task_options ({cfg.task})")
 
 
 def check_terms(cfg: Config) -> None:

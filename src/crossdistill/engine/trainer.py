@@ -534,6 +534,7 @@ class Trainer:
         pick = max if task.higher_is_better else min
         best = pick(self.history, key=lambda r: r[task.primary_metric]) if self.history else {}
         summary = {"name": self.cfg.name, "task": task.name, "primary_metric": task.primary_metric,
+                   "eval_split": self.run.eval_split,  # which split "best"/"last" were measured on
                    "best": best, "last": last, "skipped_steps": self.skipped,
                    "student": str(self.out / STUDENT)}
         if self.is_main:

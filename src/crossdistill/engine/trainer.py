@@ -351,7 +351,8 @@ class Trainer:
     # -- optimisation --------------------------------------------------------------------------
     def _optimizer(self, phase: str) -> torch.optim.Optimizer:
         o = self.tc.optimizer
-        params = self.distiller.trainable_parameters(phase)
+        # parameter groups: a parameter with its own weight-decay hint (a projector option) gets its own
+        params = self.distiller.parameter_groups(phase, o.weight_decay)
         if not params:
             raise ConfigError(f"phase '{phase}' has no trainable parameters")
         if o.name == "sgd":

@@ -7,6 +7,7 @@ states the formula and its normalisation.
 """
 from __future__ import annotations
 
+from .distances import feature_distance, l2_distance, log_sum_distance, smooth_l1_distance
 from .contrastive import crd_logits, crd_loss_from_logits, crd_nce_loss, crd_scores, infonce_loss
 from .features import (
     ab_loss,
@@ -31,6 +32,10 @@ from .spectral import (
 
 __all__ = [
     "kd_loss",
+    "feature_distance",
+    "l2_distance",
+    "smooth_l1_distance",
+    "log_sum_distance",
     "hint_loss",
     "attention_map",
     "at_loss",

@@ -26,14 +26,14 @@ must then be a pre-activation (a post-ReLU map cannot go below ``−margin``, no
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
 from ..losses import ab_loss
-from ..projectors import Projector
+from ..projectors import Projector, ProjectorOptions, spectrum_logs
 from ..taps import unwrap
 from .base import Method, register_method
 
@@ -54,8 +54,10 @@ class AB(Method):
 
     def __init__(self, projector: Literal["standard", "inverted"] = "standard",
                  projector_kind: Literal["linear", "conv_bn"] = "conv_bn", margin: float = 1.0,
-                 init_epochs: int = 30, in_main: bool = False, **sides):
+                 init_epochs: int = 30, in_main: bool = False, projector_options: Optional[ProjectorOptions] = None,
+                 **sides):
         super().__init__(**sides)
+        self.projector_options = ProjectorOptions.coerce(projector_options)
         self.projector_direction = projector
         self.projector_kind = projector_kind
         self.margin = margin
@@ -66,7 +68,8 @@ class AB(Method):
         if len(s) != len(t):
             raise ConfigError(f"ab: {len(s)} student maps but {len(t)} teacher maps; tap as many on each side")
         direction, kind = self.projector_direction, self.projector_kind
-        self.connectors = nn.ModuleList(Projector(fs.shape[1:], ft.shape[1:], direction, kind) for fs, ft in zip(s, t))
+        self.connectors = nn.ModuleList(Projector(fs.shape[1:], ft.shape[1:], direction, kind, self.projector_options)
+                                        for fs, ft in zip(s, t))
 
     def boundary_loss(self, s, t):
         n = len(s)
@@ -78,7 +81,7 @@ class AB(Method):
         return self.in_main if phase == "main" else phase in self.extra_phases()
 
     def forward(self, s, t, batch):
-        return self.boundary_loss(s, t)
+        return {"loss": self.boundary_loss(s, t), **spectrum_logs(self.connectors)}
 
     # -- init phase: the connectors and the student's body learn the boundaries ------------------
     def extra_phases(self):
@@ -87,7 +90,7 @@ class AB(Method):
     def phase_loss(self, phase, s, t, batch):
         loss = self.boundary_loss(s, t)
         # the Distiller multiplies every phase's loss by `weight`, which is β of the main loss only
-        return loss
+        return {"loss": loss, **spectrum_logs(self.connectors)}
 
     def phase_parameters(self, phase, student):
         return list(self.connectors.parameters()) + body_parameters(student)

@@ -18,13 +18,13 @@ objective, unscaled by the weight; RepDistiller then drops the term (only CE aft
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch.nn as nn
 
 from ..errors import ConfigError
 from ..losses import fsp_loss
-from ..projectors import Projector, match_spatial
+from ..projectors import Projector, ProjectorOptions, match_spatial, spectrum_logs
 from .ab import body_parameters
 from .base import Method, register_method
 
@@ -45,8 +45,9 @@ class FSP(Method):
     default_teacher = ("stem", "@stages")
 
     def __init__(self, projector: Literal["standard", "inverted"] = "standard", init_epochs: int = 30,
-                 in_main: bool = False, **sides):
+                 in_main: bool = False, projector_options: Optional[ProjectorOptions] = None, **sides):
         super().__init__(**sides)
+        self.projector_options = ProjectorOptions.coerce(projector_options)
         self.projector_direction = projector
         self.init_epochs = init_epochs
         self.in_main = in_main
@@ -56,7 +57,8 @@ class FSP(Method):
             raise ConfigError(f"fsp: needs the same number (≥ 2) of [B, C, H, W] maps on each side, "
                               f"got {len(s)} and {len(t)}")
         direction = [self.projector_direction if fs.shape[1] != ft.shape[1] else "identity" for fs, ft in zip(s, t)]
-        self.projectors = nn.ModuleList(Projector(fs.shape[1:], ft.shape[1:], d) for fs, ft, d in zip(s, t, direction))
+        self.projectors = nn.ModuleList(Projector(fs.shape[1:], ft.shape[1:], d, "linear", self.projector_options)
+                                        for fs, ft, d in zip(s, t, direction))
 
     def flow_loss(self, s, t):
         projected = [p(fs, ft) for fs, ft, p in zip(s, t, self.projectors)]
@@ -68,7 +70,7 @@ class FSP(Method):
         return self.in_main if phase == "main" else phase in self.extra_phases()
 
     def forward(self, s, t, batch):
-        return self.flow_loss(s, t)
+        return {"loss": self.flow_loss(s, t), **spectrum_logs(self.projectors)}
 
     # -- init phase: the student's body learns the teacher's flow ---------------------------------
     def extra_phases(self):
@@ -77,7 +79,7 @@ class FSP(Method):
     def phase_loss(self, phase, s, t, batch):
         loss = self.flow_loss(s, t)
         # the Distiller multiplies every phase's loss by `weight`, which is β of the main loss only
-        return loss
+        return {"loss": loss, **spectrum_logs(self.projectors)}
 
     def phase_parameters(self, phase, student):
         return list(self.projectors.parameters()) + body_parameters(student)

@@ -107,7 +107,14 @@ def cmd_bench(args) -> int:
 def cmd_reproduce(args) -> int:
     from .experiments import reproduce
 
-    reproduce(args.what, quick=args.quick, out=args.out, seeds=args.seeds)
+    select = None
+    if args.select_weight is not None:
+        from .experiments.grid import Selection
+
+        select = Selection(factors=args.select_weight, validation=args.validation)
+    elif args.validation is not None:
+        raise ConfigError("--validation sets the split that --select-weight chooses on; add --select-weight")
+    reproduce(args.what, quick=args.quick, out=args.out, seeds=args.seeds, select=select)
     return 0
 
 
@@ -116,6 +123,29 @@ def cmd_demo(args) -> int:
 
     demo(out=args.out, quick=args.quick)
     return 0
+
+
+def _factors(text: str):
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or any(not v > 0 or v == float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of positive weight factors "
+                                         "such as 0.01,0.1,1,10")
+    return values
+
+
+def _validation(text: str):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value >= 1 and value == int(value):
+        return int(value)
+    if 0 < value < 1:
+        return value
+    raise argparse.ArgumentTypeError(f"'{text}' is neither a count (≥ 1) nor a fraction in (0, 1)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -158,6 +188,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true")
     r.add_argument("--seeds", type=int, default=None)
     r.add_argument("--out", default=None)
+    r.add_argument("--select-weight", nargs="?", const="0.01,0.1,1,10", default=None, type=_factors,
+                   metavar="FACTORS", help="choose each variant's loss weight on a validation split: every "
+                   "term's weight times each factor (default 0.01,0.1,1,10); tables report the selected one")
+    r.add_argument("--validation", type=_validation, default=None,
+                   help="with --select-weight: held-out part of the training split, a count or a fraction (default 0.2)")
     r.set_defaults(fn=cmd_reproduce)
 
     d = sub.add_parser("demo", help="the main job: a quick cross-task distillation demo on built-in data")

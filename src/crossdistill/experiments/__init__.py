@@ -6,8 +6,11 @@ from pathlib import Path
 from typing import Optional
 
 
-def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: Optional[int] = None) -> None:
-    folder = Path(out or f"runs/reproduce/{what}{'-quick' if quick else ''}")
+def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: Optional[int] = None,
+              select=None) -> None:
+    """``select``: a :class:`~crossdistill.experiments.grid.Selection` (``--select-weight``) or None."""
+    tag = ("-quick" if quick else "") + ("-select" if select is not None else "")
+    folder = Path(out or f"runs/reproduce/{what}{tag}")
     seed_list = tuple(range(seeds)) if seeds else None
     t0 = time.time()
     if what == "cross-task":
@@ -20,7 +23,7 @@ def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: 
         from .settings import reproduce_cross_modal as fn
     else:
         from .quickstart import reproduce_quickstart as fn
-    md = fn(folder, quick=quick, seeds=seed_list)
+    md = fn(folder, quick=quick, seeds=seed_list, **({"select": select} if select is not None else {}))
     print(md)
     print(f"wrote {folder}/results.md, results.csv, results.png in {time.time() - t0:.0f}s")
 

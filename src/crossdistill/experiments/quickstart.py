@@ -25,7 +25,7 @@ def _base(s: Dict[str, Any], model: str, epochs: int) -> Dict[str, Any]:
     }
 
 
-def reproduce_quickstart(out: Path, quick: bool = False, seeds=None, log=print) -> str:
+def reproduce_quickstart(out: Path, quick: bool = False, seeds=None, log=print, select=None) -> str:
     s = SCALES["quick" if quick else "full"]
     seeds = tuple(seeds or s["seeds"])
     teacher_dir = out / "teacher"
@@ -43,7 +43,7 @@ def reproduce_quickstart(out: Path, quick: bool = False, seeds=None, log=print) 
         "FitNet (inverted, β=1)": {**teacher, "distill": {"terms": [{"method": "fitnet", "weight": 1, "projector": "inverted"}]}},
     }
     cells = [Cell("resnet20 → resnet8", name, deep_merge(base, v), "acc", True, seeds) for name, v in variants.items()]
-    results = run_grid(cells, out, log)
+    results = run_grid(cells, out, log, select)
     title = "Quickstart: KD and FitNet on built-in shapes (small scale)"
     md = write_tables(results, out, title, scale=100.0)
     teacher_acc = __import__("json").loads((teacher_dir / "summary.json").read_text())["last"]["acc"]

@@ -58,7 +58,7 @@ def _terms(name: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
     return terms
 
 
-def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print) -> str:
+def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print, select=None) -> str:
     s = SCALES["quick" if quick else "full"]
     seeds = tuple(seeds or s["seeds"])
     teacher_dir = out / "teacher"
@@ -72,7 +72,7 @@ def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print) -> str:
         cfg = deep_merge(base, {"teachers": teacher,
                                 "distill": {"task_weight": TASK_WEIGHT.get(name, 1.0), "terms": _terms(name, s)}})
         cells.append(Cell(row, name, cfg, "acc", True, seeds))
-    results = run_grid(cells, out, log)
+    results = run_grid(cells, out, log, select)
     title = f"Distiller zoo on Fashion-MNIST ({'quick' if quick else 'full'} scale: {s['subset']} training images, {s['epochs']} epochs)"
     md = write_tables(results, out, title, scale=100.0, transpose=True)
     t_acc = json.loads((teacher_dir / "summary.json").read_text())["last"]["acc"] * 100

@@ -128,7 +128,9 @@ class Distiller(nn.Module):
                     teacher_paths.setdefault(name, []).extend(t)
             self._t_paths.append(t)
         self._s_tap = FeatureTap(self.student, [p for ps in self._s_paths for p in ps], "student")
-        self._t_taps = {n: FeatureTap(self.teachers[n], ps, f"teacher '{n}'") for n, ps in teacher_paths.items()}
+        # a teacher whose output no term reads stops its forward at its last tapped layer
+        self._t_taps = {n: FeatureTap(self.teachers[n], ps, f"teacher '{n}'", stop_when_complete=OUTPUT not in ps)
+                        for n, ps in teacher_paths.items()}
 
     @torch.no_grad()
     def build(self, example_input: Tensor) -> "Distiller":
@@ -198,9 +200,12 @@ class Distiller(nn.Module):
         needed = {n for i, term in enumerate(self.terms) if active[i] and term.needs_teacher for n in term.from_teacher}
         with torch.no_grad():
             for name in needed:
-                t_out = self.teachers[name](self._view(name, x))
+                t_out = None
+                with self._t_taps[name].cut_short():  # ends at the last tapped layer if the output is unused
+                    t_out = self.teachers[name](self._view(name, x))
                 feats = self._t_taps[name].pop()
-                feats[OUTPUT] = t_out
+                if t_out is not None:
+                    feats[OUTPUT] = t_out
                 t_feats[name] = feats
         return s_feats, t_feats
 

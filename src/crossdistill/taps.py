@@ -7,6 +7,7 @@ The special side ``"output"`` is the model's own return value and needs no hook.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, Iterable
 
 import torch.nn as nn
@@ -41,15 +42,27 @@ def resolve(model: nn.Module, path: str, role: str = "model") -> nn.Module:
         ) from None
 
 
-class FeatureTap:
-    """Forward hooks that store the outputs of named submodules during a forward pass."""
+class TapsComplete(Exception):
+    """Raised by a :class:`FeatureTap` with ``stop_when_complete`` once every path has fired: the
+    rest of the forward pass (e.g. a frozen teacher's decoder and head) is not needed."""
 
-    def __init__(self, model: nn.Module, paths: Iterable[str], role: str = "model"):
+
+class FeatureTap:
+    """Forward hooks that store the outputs of named submodules during a forward pass.
+
+    ``stop_when_complete``: inside :meth:`cut_short` only, raise :class:`TapsComplete` as soon as
+    every path has been captured, cutting the forward short (for a model whose own output nobody
+    reads; a module that runs several times in one forward is then captured at its first call).
+    Outside it — e.g. a user calling the model directly — the hooks only store.
+    """
+
+    def __init__(self, model: nn.Module, paths: Iterable[str], role: str = "model", stop_when_complete: bool = False):
         self.features: Dict[str, Tensor] = {}
         self._handles = []
-        for path in dict.fromkeys(paths):  # ordered, unique
-            if path == OUTPUT:
-                continue
+        self._paths = [p for p in dict.fromkeys(paths) if p != OUTPUT]  # ordered, unique
+        self.stop_when_complete = stop_when_complete and bool(self._paths)
+        self._armed = False
+        for path in self._paths:
             module = resolve(model, path, role)
             self._handles.append(module.register_forward_hook(self._hook(path, role)))
 
@@ -60,8 +73,21 @@ class FeatureTap:
             if not isinstance(output, Tensor):
                 raise ShapeError(f"{role} layer '{path}' returns {type(output).__name__}, not a tensor; tap a layer that returns one")
             self.features[path] = output
+            if self._armed and len(self.features) == len(self._paths):
+                raise TapsComplete
 
         return store
+
+    @contextlib.contextmanager
+    def cut_short(self):
+        """Within this block a forward of the model ends (``TapsComplete``) at the last tapped layer."""
+        self._armed = self.stop_when_complete
+        try:
+            yield
+        except TapsComplete:
+            pass
+        finally:
+            self._armed = False
 
     def pop(self) -> Dict[str, Tensor]:
         """Hand over the captured tensors and forget them (no reference kept between steps)."""

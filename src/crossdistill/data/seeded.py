@@ -36,5 +36,8 @@ class AugmentedDataset(Dataset):
             return sample
         seed = (self.seed * _MIX[0] + self.epoch * _MIX[1] + int(index) * _MIX[2]) % (2**63 - 1)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator alone: torch.manual_seed would also queue a lazy CUDA seeding that
+            # records a stack trace per call (most of a small model's step time on CPU), and
+            # fork_rng(devices=[]) would not restore the CUDA state it changed
+            torch.default_generator.manual_seed(seed)
             return self.transform(sample)

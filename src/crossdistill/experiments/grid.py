@@ -69,6 +69,7 @@ class Result:
     seeds: List[int] = field(default_factory=list)  # the seed of each value, for paired differences
     selected: str = ""  # the candidate chosen on validation ("" without selection)
     validation: Dict[str, Tuple[float, float, int]] = field(default_factory=dict)  # label → (mean, std, diverged)
+    runs: List[str] = field(default_factory=list)  # the run folder of each value
 
     @property
     def mean(self) -> float:
@@ -120,13 +121,14 @@ def run_grid(cells: Sequence[Cell], out: Path, log: Callable[[str], None] = prin
 
 
 def _train_seeds(cell: Cell, config: Dict[str, Any], name: str, out: Path, log) -> Tuple[List[int], List[Dict[str, Any]], int]:
-    """Train ``config`` over the cell's seeds: (seeds that finished, their summaries, diverged count)."""
+    """Train ``config`` over the cell's seeds: (seeds that finished, their summaries, diverged count).
+    Each summary gains ``"folder"``, its run folder."""
     seeds, summaries, diverged = [], [], 0
     for seed in cell.seeds:
         raw = deep_merge(config, {"seed": seed})
         folder = out / "runs" / _slug(f"{name}__s{seed}")
         try:
-            summaries.append(train_config(raw, folder, log))
+            summaries.append(dict(train_config(raw, folder, log), folder=str(folder)))
             seeds.append(seed)
         except NonFiniteLossError as e:  # a diverged run is a result too: reported, not hidden
             log(f"  {folder.name}: diverged ({e})")
@@ -141,6 +143,7 @@ def _run_cell(cell: Cell, out: Path, log) -> Result:
         res.metric = cell.metric or summary["primary_metric"]
         res.values.append(float(summary["last"][res.metric]))
         res.seeds.append(seed)
+        res.runs.append(summary["folder"])
     return res
 
 
@@ -184,6 +187,7 @@ def _run_cell_selected(cell: Cell, out: Path, log, select: Selection) -> Result:
     for seed, summary in zip(seeds, summaries):
         res.values.append(float(test_metrics(Path(summary["student"]), log)[res.metric]))
         res.seeds.append(seed)
+        res.runs.append(summary["folder"])
     return res
 
 

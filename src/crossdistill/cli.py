@@ -184,7 +184,8 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser("reproduce", help="run an experiment grid over seeds and write tables and plots")
-    r.add_argument("what", choices=["cross-task", "zoo", "quickstart", "ensemble", "cross-modal"])
+    r.add_argument("what", choices=["cross-task", "zoo", "quickstart", "ensemble", "cross-modal", "cross-task-regimes",
+                                      "teacher-free"])
     r.add_argument("--quick", action="store_true")
     r.add_argument("--seeds", type=int, default=None)
     r.add_argument("--out", default=None)

@@ -15,6 +15,10 @@ def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: 
     t0 = time.time()
     if what == "cross-task":
         from .cross_task import reproduce_cross_task as fn
+    elif what == "teacher-free":
+        from .teacher_free import reproduce_teacher_free as fn
+    elif what == "cross-task-regimes":
+        from .cross_task_regimes import reproduce_cross_task_regimes as fn
     elif what == "zoo":
         from .zoo import reproduce_zoo as fn
     elif what == "ensemble":

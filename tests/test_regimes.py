@@ -71,3 +71,19 @@ def test_reproduce_teacher_free_quick_selects_each_column_on_validation(tmp_path
     assert rows["label smoothing"]["selected"] == "ε=0.1"
     assert rows["spectral: tail_energy"]["selected"] == "k=0.5,w=0.1"
     assert (tmp_path / "results.png").exists()
+
+
+def test_a_long_plot_title_stays_inside_the_figure(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from crossdistill.experiments.grid import plot_results
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig: kept.append(fig))
+    results = [Result("depth (delta1; trained teacher: segmentation)", c, "delta1", values=[0.7, 0.72], seeds=[0, 1])
+               for c in ("no distillation", "trained teacher: standard", "teacher-free")]
+    title = "Demo: depth student on built-in scenes, teacher trained on segmentation (small scale) " * 2
+    plot_results(results, tmp_path / "p.png", title, "δ1")
+    fig = kept[0]
+    box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height

@@ -283,7 +283,9 @@ def plot_results(results: Sequence[Result], path: Path, title: str, ylabel: str,
     rows = list(dict.fromkeys(r.row for r in results))
     cols = list(dict.fromkeys(r.col for r in results))
     by = {(r.row, r.col): r for r in results}
-    fig, axes = plt.subplots(1, len(rows), figsize=(max(4.0, 3.2 * len(rows)), 3.6), squeeze=False)
+    width = max(5.5, 3.2 * len(rows))
+    # constrained layout makes room for the (wrapped) suptitle and the rotated tick labels
+    fig, axes = plt.subplots(1, len(rows), figsize=(width, 3.9), squeeze=False, layout="constrained")
     for ax, row in zip(axes[0], rows):
         xs = [c for c in cols if (row, c) in by]
         means = [by[(row, c)].mean * scale for c in xs]
@@ -297,8 +299,9 @@ def plot_results(results: Sequence[Result], path: Path, title: str, ylabel: str,
         pad = (hi - lo) * 0.3 + 1e-6
         ax.set_ylim(lo - pad, hi + pad)
     axes[0][0].set_ylabel(ylabel)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # wrapped to the figure's width (≈ 13 characters per inch at 10 pt), so a long title is never cut
+    wrapped = textwrap.fill(title, max(30, int(width * 13)))
+    fig.suptitle(wrapped, fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -30,8 +30,8 @@ SCALES: Dict[str, Dict[str, Any]] = {
                   shapes_size=1200, test_size=1000, fmnist_subset=1200, validation=200, seeds=(0, 1, 2),
                   ls=(0.1,), k_fracs=(0.5,), weights={"tail_energy": (0.1,), "tail_ratio": (0.1,), "energy": (0.01,)}),
     "full": dict(datasets=("fashion_mnist", "shapes"), students=("resnet8", "resnet20"),
-                 epochs={"shapes": 15, "fashion_mnist": 12},
-                 shapes_size=3600, test_size=2000, fmnist_subset=3600, validation=600, seeds=(0, 1, 2),
+                 epochs={"shapes": 12, "fashion_mnist": 10},
+                 shapes_size=2400, test_size=2000, fmnist_subset=2400, validation=400, seeds=(0, 1, 2),
                  ls=(0.05, 0.1, 0.2), k_fracs=(0.25, 0.5),
                  weights={"tail_energy": (0.1, 1.0), "tail_ratio": (0.1, 1.0), "energy": (0.01, 0.1)}),
 }
@@ -47,7 +47,7 @@ def base_config(dataset: str, student: str, s: Dict[str, Any]) -> Dict[str, Any]
     epochs = s["epochs"][dataset]
     return {"task": "classification", "data": dict(data, batch_size=64), "student": {"name": student},
             "train": {"epochs": epochs, "optimizer": {"name": "sgd", "lr": 0.05, "weight_decay": 5e-4},
-                      "schedule": {"name": "cosine"}, "progress": False, "precision": "fp32",
+                      "schedule": {"name": "cosine"}, "progress": False, "precision": "auto",
                       "eval_every": max(1, epochs // 6), "checkpoint_every": epochs}}
 
 

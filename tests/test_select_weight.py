@@ -116,3 +116,19 @@ def test_reproduce_cross_task_with_select_weight_end_to_end(tmp_path, monkeypatc
     assert rows["teacher-free"]["selected"] in ("w=0.01", "w=0.1")  # the regulariser's 0.1 × factors
     assert all(r["n_seeds"] == "1" for r in rows.values())
     assert "w=" in (tmp_path / "results.md").read_text()
+
+
+def test_every_zoo_variant_gets_weight_candidates_around_its_reference_beta():
+    from crossdistill.experiments import zoo
+    from crossdistill.methods import METHODS
+
+    s = zoo.SCALES["quick"]
+    for name in zoo.METHODS:
+        cfg = {"distill": {"task_weight": zoo.TASK_WEIGHT.get(name, 1.0), "terms": zoo._terms(name, s)}}
+        cands = weight_candidates(cfg, (0.1, 1.0))
+        assert len(cands) == 2, name
+        for factor, patch in zip((0.1, 1.0), cands.values()):
+            for term, got in zip(cfg["distill"]["terms"], patch["distill"]["terms"]):
+                beta = term.get("weight", METHODS.get(term["method"]).default_weight)
+                assert got["weight"] == pytest.approx(factor * beta), name
+                assert {k: v for k, v in got.items() if k != "weight"} == {k: v for k, v in term.items() if k != "weight"}

@@ -50,10 +50,11 @@ class TapsComplete(Exception):
 class FeatureTap:
     """Forward hooks that store the outputs of named submodules during a forward pass.
 
-    ``stop_when_complete``: inside :meth:`cut_short` only, raise :class:`TapsComplete` as soon as
-    every path has been captured, cutting the forward short (for a model whose own output nobody
-    reads; a module that runs several times in one forward is then captured at its first call).
-    Outside it — e.g. a user calling the model directly — the hooks only store.
+    ``stop_when_complete``: inside :meth:`cut_short` only, the forward ends (:class:`TapsComplete`)
+    at the first module call after every path has been captured — after the last tapped module's own
+    hooks, including other people's, have run (for a model whose own output nobody reads; a module
+    that runs several times in one forward is then captured at its first call). Outside it — e.g. a
+    user calling the model directly — the hooks only store.
     """
 
     def __init__(self, model: nn.Module, paths: Iterable[str], role: str = "model", stop_when_complete: bool = False):
@@ -61,7 +62,6 @@ class FeatureTap:
         self._handles = []
         self._paths = [p for p in dict.fromkeys(paths) if p != OUTPUT]  # ordered, unique
         self.stop_when_complete = stop_when_complete and bool(self._paths)
-        self._armed = False
         for path in self._paths:
             module = resolve(model, path, role)
             self._handles.append(module.register_forward_hook(self._hook(path, role)))
@@ -73,21 +73,28 @@ class FeatureTap:
             if not isinstance(output, Tensor):
                 raise ShapeError(f"{role} layer '{path}' returns {type(output).__name__}, not a tensor; tap a layer that returns one")
             self.features[path] = output
-            if self._armed and len(self.features) == len(self._paths):
-                raise TapsComplete
 
         return store
 
     @contextlib.contextmanager
     def cut_short(self):
         """Within this block a forward of the model ends (``TapsComplete``) at the last tapped layer."""
-        self._armed = self.stop_when_complete
+        if not self.stop_when_complete:
+            yield
+            return
+
+        def stop_if_complete(_module, _inputs):
+            if len(self.features) == len(self._paths):
+                raise TapsComplete
+
+        # a global pre-hook, for the duration of this block only: the next module call of any kind
+        handle = nn.modules.module.register_module_forward_pre_hook(stop_if_complete)
         try:
             yield
         except TapsComplete:
             pass
         finally:
-            self._armed = False
+            handle.remove()
 
     def pop(self) -> Dict[str, Tensor]:
         """Hand over the captured tensors and forget them (no reference kept between steps)."""

@@ -87,3 +87,16 @@ def test_a_long_plot_title_stays_inside_the_figure(tmp_path, monkeypatch):
     fig = kept[0]
     box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
     assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+
+
+def test_demo_prints_its_table_and_says_plainly_what_it_shows(tmp_path, monkeypatch, capsys):
+    from crossdistill.experiments import cross_task, quickstart
+
+    tiny = dict(image_size=16, train_size=16, test_size=8, epochs=1, teacher_epochs=1,
+                student="dense_resnet_xs", teacher="dense_resnet_xs", batch_size=8, seeds=(0, 1))
+    monkeypatch.setitem(cross_task.SCALES, "quick", tiny)
+    quickstart.run_demo(tmp_path, quick=True, log=lambda *a: None)
+    out = capsys.readouterr().out
+    assert "no distillation" in out and "NOT reproduced" in out and "docs/results.md" in out
+    assert quickstart.DEMO_NOTE in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").stat().st_size > 5000

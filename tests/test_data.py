@@ -337,6 +337,10 @@ def test_fashion_mnist_idx(tmp_path, gz):
     assert len(te) == 3 and te[0]["input"].shape == (1, 32, 32) and te.info.image_size == (32, 32)
     raw = te.data["input"][0, 0]
     assert raw[:2].sum() == 0 and torch.equal(raw[2:30, 2:30], torch.from_numpy(arrays["t10k"][0][0]))
+    # test_subset: the test split's own count (a small training subset, a larger test set)
+    opts = dict(root=str(tmp_path / "fm"), subset=2, test_subset=4)
+    assert len(create_dataset("fashion_mnist", "train", **opts)) == 2
+    assert len(create_dataset("fashion_mnist", "test", **opts)) == 4
 
 
 def test_fashion_mnist_options_and_malformed(tmp_path):

@@ -20,6 +20,7 @@ from .config import Config, DataConfig, TeacherConfig, recipe_writing
 from .data import IndexedDataset, create_dataset
 from .data.transforms import build_eval_transform, build_train_transform
 from .data.seeded import AugmentedDataset, SampleFieldsDataset, copy_field
+from .data.wrappers import SubsetDataset, validation_split
 from .distiller import Distiller
 from .engine.checkpoint import load_checkpoint, load_into, load_state_dict_file, student_state
 from .errors import CheckpointError, ConfigError
@@ -37,6 +38,7 @@ class Run:
     task: Task
     distiller: Distiller
     model_spec: Dict[str, Any]
+    eval_split: str = "test"  # "validation" when data.validation holds out part of the training split
 
 
 @functools.lru_cache(maxsize=8)
@@ -47,6 +49,8 @@ def _dataset(name: str, split: str, root: Optional[str], options_json: str) -> D
 
 
 def build_data(cfg: Config):
+    """``(train, eval, info, eval_split)``. With ``data.validation`` the eval set is a held-out
+    part of the training split (``eval_split = "validation"``) and the test split is never built."""
     d = cfg.data
     train = _dataset(d.name, "train", d.root, json.dumps(d.options, sort_keys=True))
     info = train.info
@@ -54,10 +58,16 @@ def build_data(cfg: Config):
     if tc and d.copies > 1:
         raise ConfigError(f"teacher_cache stores the teacher's outputs for one view per sample; it cannot be combined "
                           f"with data.copies={d.copies} (several views per sample): remove one of the two")
+    held_out = None
+    if d.validation is not None:
+        train_idx, val_idx = validation_split(len(train), d.validation)
+        train, held_out = SubsetDataset(train, train_idx), SubsetDataset(train, val_idx)
     train = IndexedDataset(AugmentedDataset(train, build_train_transform(info, d.augment), seed=cfg.seed,
                                             views=tc.views if tc else None, view_seed=tc.seed if tc else 0,
                                             copies=d.copies))
-    return train, build_test_set(d, cfg.seed), info
+    if held_out is None:
+        return train, build_test_set(d, cfg.seed), info, "test"
+    return train, IndexedDataset(AugmentedDataset(held_out, build_eval_transform(info), seed=cfg.seed)), info, "validation"
 
 
 def build_test_set(d: DataConfig, seed: int = 0) -> Dataset:
@@ -79,14 +89,14 @@ def task_classes(task_name: str, info) -> Optional[int]:
     return info.num_seg_classes if task_name == "segmentation" else info.num_classes
 
 
-def build_task(name: str, info) -> Task:
+def build_task(name: str, info, options: Optional[Dict[str, Any]] = None) -> Task:
     from .tasks import TASKS
 
     key = getattr(TASKS.get(name), "target_key", "")
     if key and info.fields and key not in info.fields:
         raise ConfigError(f"task '{name}' needs the dataset field '{key}', but the dataset gives only "
                           f"{', '.join(info.fields)}; pick a dataset that provides '{key}' or another task")
-    return create_task(name, num_classes=task_classes(name, info))
+    return create_task(name, num_classes=task_classes(name, info), **dict(options or {}))
 
 
 def model_spec(name: str, options: Dict[str, Any], task: Task, in_channels: int) -> Dict[str, Any]:
@@ -199,15 +209,15 @@ def build_distiller(cfg: Config, info, task: Task, example: torch.Tensor, num_sa
 
 
 def build_run(cfg: Config, allow_imports: bool = False) -> Run:
-    train, test, info = build_data(cfg)
-    task = build_task(cfg.task, info)
+    train, held_out, info, eval_split = build_data(cfg)
+    task = build_task(cfg.task, info, cfg.task_options)
     with torch.random.fork_rng(devices=[]):  # reading samples leaves the global random stream as it was
         example = train[0]["input"].unsqueeze(0).repeat(2, 1, 1, 1)
         batch = default_collate([train[0], train[min(1, len(train) - 1)]])
     distiller, spec = build_distiller(cfg, info, task, example, len(train), getattr(train, "labels", None),
                                       allow_imports, check_batch=batch)
     train = with_sample_fields(train, distiller, cfg.seed)
-    return Run(cfg, train, test, task, distiller, spec)
+    return Run(cfg, train, held_out, task, distiller, spec, eval_split)
 
 
 def with_sample_fields(train: Dataset, distiller: Distiller, seed: int) -> Dataset:

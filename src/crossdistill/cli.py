@@ -40,7 +40,8 @@ def cmd_train(args) -> int:
     best, last = summary["best"], summary["last"]
     m = summary["primary_metric"]
     if last and rank == 0:
-        print(f"done: {m} last {last[m]:.4f} (epoch {last['epoch']}), best {best[m]:.4f} (epoch {best['epoch']}); "
+        split = "" if summary.get("eval_split", "test") == "test" else f" on the {summary['eval_split']} split"
+        print(f"done: {m}{split} last {last[m]:.4f} (epoch {last['epoch']}), best {best[m]:.4f} (epoch {best['epoch']}); "
               f"student saved to {summary['student']}")
     return 0
 
@@ -120,7 +121,14 @@ def cmd_bench(args) -> int:
 def cmd_reproduce(args) -> int:
     from .experiments import reproduce
 
-    reproduce(args.what, quick=args.quick, out=args.out, seeds=args.seeds)
+    select = None
+    if args.select_weight is not None:
+        from .experiments.grid import Selection
+
+        select = Selection(factors=args.select_weight, validation=args.validation)
+    elif args.validation is not None:
+        raise ConfigError("--validation sets the split that --select-weight chooses on; add --select-weight")
+    reproduce(args.what, quick=args.quick, out=args.out, seeds=args.seeds, select=select)
     return 0
 
 
@@ -135,6 +143,8 @@ def bench_names() -> List[str]:
     from .bench import names
 
     return names()
+
+
 EVAL_PROTOCOLS = """protocols:
   task    the student's output scored by its task's metric on the test split (accuracy, mIoU, ...)
   knn     k-NN on the frozen backbone's features: eval transform (no augmentation), the --feature
@@ -148,6 +158,29 @@ EVAL_PROTOCOLS = """protocols:
 knn and linear need a classification data set (training and test split with labels); both write
 their result into eval.json next to the checkpoint. They work for teachers and students alike,
 for every model of the registry."""
+
+
+def _factors(text: str):
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or any(not v > 0 or v == float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of positive weight factors "
+                                         "such as 0.01,0.1,1,10")
+    return values
+
+
+def _validation(text: str):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value >= 1 and value == int(value):
+        return int(value)
+    if 0 < value < 1:
+        return value
+    raise argparse.ArgumentTypeError(f"'{text}' is neither a count (≥ 1) nor a fraction in (0, 1)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -199,6 +232,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true")
     r.add_argument("--seeds", type=int, default=None)
     r.add_argument("--out", default=None)
+    r.add_argument("--select-weight", nargs="?", const="0.01,0.1,1,10", default=None, type=_factors,
+                   metavar="FACTORS", help="choose each variant's loss weight on a validation split: every "
+                   "term's weight times each factor (default 0.01,0.1,1,10); tables report the selected one")
+    r.add_argument("--validation", type=_validation, default=None,
+                   help="with --select-weight: held-out part of the training split, a count or a fraction (default 0.2)")
     r.set_defaults(fn=cmd_reproduce)
 
     d = sub.add_parser("demo", help="the main job: a quick cross-task distillation demo on built-in data")

@@ -12,10 +12,10 @@ import copy
 import inspect
 import os
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Sequence
+from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, create_model
 
 from .errors import ConfigError, did_you_mean
 
@@ -56,6 +56,10 @@ class DataConfig(Strict):
     batch_size: int = Field(64, gt=0)
     eval_batch_size: Optional[int] = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)
+    # hold out part of the *training* split (a count, or a fraction in (0, 1)) and evaluate on it
+    # instead of the test split, which is then never read; drawn with a fixed seed
+    # (data.wrappers.VALIDATION_SEED), so every run seed sees the same validation samples
+    validation: Optional[Union[Annotated[StrictInt, Field(gt=0)], Annotated[float, Field(gt=0, lt=1)]]] = None
 
 
 class ModelConfig(Strict):
@@ -150,6 +154,7 @@ class Config(Strict):
     seed: int = 0
     output_dir: Annotated[str, AfterValidator(_output_dir)] = "runs/run"
     task: str = "classification"
+    task_options: Dict[str, Any] = Field(default_factory=dict)  # checked against the task's signature
     data: DataConfig = Field(default_factory=DataConfig)
     student: ModelConfig
     teachers: Dict[str, TeacherConfig] = Field(default_factory=dict)
@@ -325,6 +330,7 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     if cfg.teacher_cache is not None and not cfg.teachers:
         raise ConfigError("teacher_cache needs a teacher whose outputs it stores: add one under `teachers:` "
                           "or remove teacher_cache")
+    check_task_options(cfg)
     return cfg
 
 
@@ -346,6 +352,19 @@ def check_teachers(cfg: Config) -> None:
         elif len(given) > 1:
             raise ConfigError(f"{where} gives both {given[0]} and {given[1]}; a teacher comes from one of "
                               "checkpoint, model or import_path: remove the other")
+
+
+def check_task_options(cfg: Config) -> None:
+    from .tasks import TASKS
+
+    try:
+        cls = TASKS.get(cfg.task)
+    except ConfigError as e:
+        raise ConfigError(f"task: {e}") from None
+    options = dict(cfg.task_options)
+    if "num_classes" in options:
+        raise ConfigError("task_options.num_classes: the number of classes comes from the dataset; remove it")
+    validate_options(cls, options, f"task_options ({cfg.task})")
 
 
 def check_terms(cfg: Config) -> None:

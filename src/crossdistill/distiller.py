@@ -330,6 +330,17 @@ class Distiller(nn.Module):
         unique = {id(p): p for p in params if p.requires_grad}
         return list(unique.values())
 
+    def parameter_groups(self, phase: str = MAIN, weight_decay: float = 0.0) -> List[Dict[str, object]]:
+        """:meth:`trainable_parameters` as optimiser parameter groups: parameters that carry their own
+        weight decay (``projectors.set_weight_decay``, e.g. a projector's ``weight_decay`` option) get
+        a group of their own; the rest share ``weight_decay``. Order is deterministic (resume-safe)."""
+        from .projectors import WEIGHT_DECAY_HINT
+
+        groups: Dict[float, List[nn.Parameter]] = {}
+        for p in self.trainable_parameters(phase):
+            groups.setdefault(float(getattr(p, WEIGHT_DECAY_HINT, weight_decay)), []).append(p)
+        return [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()]
+
     def setup(self, data: DataSetup) -> None:
         if data.task is None and self.task is not None:
             data = dataclasses.replace(data, task=self.task.name)

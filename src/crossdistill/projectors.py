@@ -11,19 +11,105 @@ afterwards. Its *direction* is the choice that Learning to Project is about:
 Vectors ``[B, D]`` are joined with a linear layer, feature maps ``[B, C, H, W]`` with a 1×1 conv
 (optionally conv-BN, as FitNet's regressor), and the projected map is resized to the *student's*
 spatial size in both directions. Shapes come from one dry-run forward (see ``Distiller``).
+
+Readings of the projector (:class:`ProjectorOptions`, the option ``projector_options`` of every
+method that builds a :class:`Projector`; REFERENCE §1 lists where each comes from):
+
+- ``norm: batchnorm`` — BatchNorm *without* affine parameters on both compared tensors, after the
+  projection and before the distance ("Understanding the role of the projector in KD");
+- ``orthogonal: true`` — the linear / 1×1 map is orthogonally parametrised
+  (``torch.nn.utils.parametrizations.orthogonal``; semi-orthogonal when the widths differ; VkD);
+- ``weight_decay: x`` — the projector's own weight decay. It reaches the optimiser as a
+  per-parameter hint (:func:`set_weight_decay`) that ``Distiller.parameter_groups`` turns into a
+  parameter group; decay is what lets a projector shrink directions towards rank deficiency;
+- ``bias: true`` — a bias on the map (the AAAI paper's linear projector has one);
+- ``log_singular_values: k`` — the projector logs its top-k singular values, its effective rank
+  and its numerical rank every step (:meth:`Projector.spectrum_logs`); 0 logs nothing.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+import math
+from typing import Dict, Iterable, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from .errors import ConfigError, ShapeError
 
 DIRECTIONS = ("standard", "inverted", "identity")
+#: the attribute a parameter carries when it wants its own weight decay (see ``set_weight_decay``)
+WEIGHT_DECAY_HINT = "crossdistill_weight_decay"
+#: singular values below this fraction of the largest do not count towards the numerical rank
+RANK_TOL = 1e-2
+
+
+class ProjectorOptions(BaseModel):
+    """How a projector is built beyond its direction and kind (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    norm: Literal["none", "batchnorm"] = "none"
+    orthogonal: bool = False
+    weight_decay: Optional[float] = Field(None, ge=0)  # None: the optimiser's weight decay
+    bias: bool = False
+    log_singular_values: int = Field(4, ge=0)
+
+    @classmethod
+    def coerce(cls, value: Union["ProjectorOptions", Dict, None]) -> "ProjectorOptions":
+        """A dict (from Python or YAML) or None becomes validated options, with a one-line error."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls.model_validate(dict(value or {}))
+        except ValidationError as err:
+            e = err.errors()[0]
+            key = ".".join(str(p) for p in e["loc"])
+            raise ConfigError(f"projector_options.{key}: {e['msg']} (got {e.get('input')!r}); valid keys: "
+                              f"{', '.join(cls.model_fields)}") from None
+
+
+def set_weight_decay(module: nn.Module, weight_decay: Optional[float]) -> None:
+    """Give every parameter of ``module`` its own weight decay (None: leave the optimiser's).
+
+    A hint on the parameter itself, so it survives ``.to(device)`` and needs no method-specific
+    code anywhere: ``Distiller.parameter_groups`` reads it when the optimiser is built."""
+    if weight_decay is None:
+        return
+    for p in module.parameters():
+        setattr(p, WEIGHT_DECAY_HINT, float(weight_decay))
+
+
+def singular_value_summary(sv: Tensor, top: int, prefix: str = "projector") -> Dict[str, Tensor]:
+    """Logs of a spectrum ``sv`` (descending): ``{prefix}_sv/<i>`` for the top ``top`` values,
+    ``{prefix}_erank`` — the effective rank ``exp(−Σ p_i log p_i)``, ``p_i = σ_i / Σ σ_j``
+    (Roy & Vetterli 2007; 1 for rank one, r for r equal values) — and ``{prefix}_rank``, the number
+    of ``σ_i > RANK_TOL · σ_1``."""
+    sv = sv.detach().float()
+    out = {f"{prefix}_sv/{i}": sv[i] for i in range(min(top, sv.numel()))}
+    total = sv.sum()
+    if float(total) > 0:
+        p = sv / total
+        entropy = -(p * p.clamp_min(1e-30).log()).sum()
+        out[f"{prefix}_erank"] = entropy.exp()
+        out[f"{prefix}_rank"] = (sv > RANK_TOL * sv[0]).sum().float()
+    else:
+        out[f"{prefix}_erank"] = sv.new_zeros(())
+        out[f"{prefix}_rank"] = sv.new_zeros(())
+    return out
+
+
+class PointwiseConv(nn.Module):
+    """A 1×1 convolution held as an ``nn.Linear`` (``[out, in]`` weight), so that matrix
+    parametrisations such as ``orthogonal`` apply to it as the matrix it is."""
+
+    def __init__(self, c_in: int, c_out: int, bias: bool = False):
+        super().__init__()
+        self.linear = nn.Linear(c_in, c_out, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.linear.weight[:, :, None, None], self.linear.bias)
 
 
 def match_spatial(x: Tensor, size: Tuple[int, ...]) -> Tensor:
@@ -40,12 +126,18 @@ def pool_to_vector(x: Tensor) -> Tensor:
     return x.mean(dim=(2, 3)) if x.dim() == 4 else x.flatten(1)
 
 
-def linear_map(in_shape: torch.Size, out_shape: torch.Size, kind: str = "linear") -> nn.Module:
+def linear_map(in_shape: torch.Size, out_shape: torch.Size, kind: str = "linear", bias: bool = False,
+               orthogonal: bool = False) -> nn.Module:
     """A learned map from features shaped ``in_shape`` to ``out_shape`` (batch dim excluded)."""
     if len(in_shape) == 1 and len(out_shape) == 1:
-        return nn.Linear(in_shape[0], out_shape[0], bias=False)
+        layer = nn.Linear(in_shape[0], out_shape[0], bias=bias)
+        return nn.utils.parametrizations.orthogonal(layer) if orthogonal else layer
     if len(in_shape) == 3 and len(out_shape) == 3:
-        conv = nn.Conv2d(in_shape[0], out_shape[0], kernel_size=1, bias=False)
+        if orthogonal:
+            conv = PointwiseConv(in_shape[0], out_shape[0], bias=bias)
+            nn.utils.parametrizations.orthogonal(conv.linear)
+        else:
+            conv = nn.Conv2d(in_shape[0], out_shape[0], kernel_size=1, bias=bias)
         if kind == "conv_bn":
             return nn.Sequential(conv, nn.BatchNorm2d(out_shape[0]))
         return conv
@@ -58,14 +150,17 @@ def linear_map(in_shape: torch.Size, out_shape: torch.Size, kind: str = "linear"
 class Projector(nn.Module):
     """Maps one side into the other's space; ``forward(z_s, z_t) -> (z_s', z_t')``.
 
-    After the call both tensors have the same shape: the compared pair.
+    After the call both tensors have the same shape: the compared pair. ``options``
+    (:class:`ProjectorOptions` or a dict) holds the readings listed in the module docstring.
     """
 
-    def __init__(self, student_shape: torch.Size, teacher_shape: torch.Size, direction: str = "standard", kind: str = "linear"):
+    def __init__(self, student_shape: torch.Size, teacher_shape: torch.Size, direction: str = "standard",
+                 kind: str = "linear", options: Union[ProjectorOptions, Dict, None] = None):
         super().__init__()
         if direction not in DIRECTIONS:
             raise ConfigError(f"unknown projector '{direction}': valid choices: {', '.join(DIRECTIONS)}")
         self.direction = direction
+        self.options = o = ProjectorOptions.coerce(options)
         s, t = torch.Size(student_shape), torch.Size(teacher_shape)
         if direction == "identity":
             self.map = nn.Identity()
@@ -75,9 +170,15 @@ class Projector(nn.Module):
                     "'identity': use projector=standard or projector=inverted"
                 )
         elif direction == "standard":
-            self.map = linear_map(s, t, kind)
+            self.map = linear_map(s, t, kind, o.bias, o.orthogonal)
         else:
-            self.map = linear_map(t, s, kind)
+            self.map = linear_map(t, s, kind, o.bias, o.orthogonal)
+        set_weight_decay(self.map, o.weight_decay)
+        # the compared space: the teacher's for "standard", the student's otherwise
+        compared = t if direction == "standard" else s
+        if o.norm == "batchnorm":
+            bn = nn.BatchNorm1d if len(compared) == 1 else nn.BatchNorm2d
+            self.norm_s, self.norm_t = bn(compared[0], affine=False), bn(compared[0], affine=False)
 
     def forward(self, z_s: Tensor, z_t: Tensor) -> Tuple[Tensor, Tensor]:
         if self.direction == "standard":
@@ -87,7 +188,40 @@ class Projector(nn.Module):
         size = z_s.shape[-2:] if z_s.dim() == 4 else None
         if size is not None:
             z_t = match_spatial(z_t, size)
+        if self.options.norm == "batchnorm":
+            z_s, z_t = self.norm_s(z_s), self.norm_t(z_t)
         return z_s, z_t
+
+    def weight_matrix(self) -> Optional[Tensor]:
+        """The learned linear part as a matrix ``[out, in·k·k]`` (the first Linear / conv of the map,
+        after any parametrisation); None for the identity."""
+        for m in self.map.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                return m.weight.flatten(1)
+        return None
+
+    @torch.no_grad()
+    def singular_values(self) -> Optional[Tensor]:
+        """Singular values of :meth:`weight_matrix`, descending (None for the identity)."""
+        w = self.weight_matrix()
+        return None if w is None else torch.linalg.svdvals(w.detach().float())
+
+    def spectrum_logs(self, prefix: str = "projector") -> Dict[str, Tensor]:
+        """What the method logs about this projector each step (``options.log_singular_values``)."""
+        top = self.options.log_singular_values
+        sv = self.singular_values() if top > 0 else None
+        return {} if sv is None else singular_value_summary(sv, top, prefix)
+
+
+def spectrum_logs(projectors: Iterable[Projector], prefix: str = "projector") -> Dict[str, Tensor]:
+    """:meth:`Projector.spectrum_logs` of several projectors (``{prefix}<i>_...`` when more than one)."""
+    projectors = [p for p in projectors if isinstance(p, Projector)]
+    if len(projectors) == 1:
+        return projectors[0].spectrum_logs(prefix)
+    out: Dict[str, Tensor] = {}
+    for i, p in enumerate(projectors):
+        out.update(p.spectrum_logs(f"{prefix}{i}"))
+    return out
 
 
 class MLPHead(nn.Module):

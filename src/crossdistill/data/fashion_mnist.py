@@ -8,7 +8,8 @@ the variable is unset). With ``root``: ``root`` and ``root/fashion-mnist``.
 
 Options: ``image_size`` (default 28; other sizes are resized bilinearly), ``pad_to`` (zero-pad —
 the black background — to a larger square, e.g. 32 for CIFAR-sized models), ``in_channels`` (1, or 3
-to repeat the grey channel for RGB models), ``subset`` (keep the first N samples, for quick runs).
+to repeat the grey channel for RGB models), ``subset`` (keep the first N samples, for quick runs), ``test_subset``
+(the test split's own N; default: ``subset``).
 The IDX parser is our own (numpy): magic number, dimensions and file size are checked.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ FILES = {
 }
 CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 MEAN, STD = (0.2860,), (0.3530,)
-DEFAULTS = dict(image_size=28, pad_to=None, in_channels=1, subset=None)
+DEFAULTS = dict(image_size=28, pad_to=None, in_channels=1, subset=None, test_subset=None)
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -93,6 +94,8 @@ class FashionMNIST(InMemoryDataset):
         if channels not in (1, 3):
             raise ConfigError(f"dataset 'fashion_mnist': option in_channels={channels!r} must be 1 or 3")
         subset = optional_subset(o["subset"], "fashion_mnist")
+        if split == "test" and o["test_subset"] is not None:  # e.g. a small training subset, the full test set
+            subset = optional_subset(o["test_subset"], "fashion_mnist")
 
         dirs = _search_dirs(root)
         img_stem, lab_stem = FILES[split]

@@ -93,8 +93,9 @@ class AugmentedDataset(Dataset):
         if self.transform is None:
             return dict(sample) if first else {"input": sample["input"].clone()}
         with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed would also queue lazy seeds for CUDA/XPU/MTIA,
-            # capturing a stack trace each time (5× the cost of the whole augmentation); same stream
+            # the CPU generator alone: torch.manual_seed would also queue a lazy CUDA seeding that
+            # records a stack trace per call (most of a small model's step time on CPU), and
+            # fork_rng(devices=[]) would not restore the CUDA state it changed
             torch.default_generator.manual_seed(seed)
             return self.transform(sample)
 

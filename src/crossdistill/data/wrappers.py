@@ -159,3 +159,45 @@ class InMemoryDataset(Dataset):
                 x = x.to(torch.float32, copy=True)
             out[key] = x
         return out
+
+
+# --------------------------------------------------------------------------- validation split
+
+#: The held-out validation split is drawn with this fixed seed, not the run's: every run seed and
+#: every candidate of a weight selection is scored on the *same* validation samples.
+VALIDATION_SEED = 0
+
+
+def validation_split(n: int, validation, seed: int = VALIDATION_SEED) -> Tuple[Tensor, Tensor]:
+    """``(train_indices, validation_indices)`` of a training split of ``n`` samples, disjoint and
+    together covering ``range(n)``, each sorted.
+
+    ``validation`` is a count (int ≥ 1) or a fraction of ``n`` (float in (0, 1), rounded, at least
+    one sample). The permutation comes from ``seed`` alone (default :data:`VALIDATION_SEED`).
+    """
+    if isinstance(validation, float):
+        n_val = max(1, round(validation * n))
+    else:
+        n_val = int(validation)
+    if not 1 <= n_val < n:
+        raise ConfigError(f"data.validation={validation!r} holds out {n_val} of the {n} training samples; "
+                          f"it must leave at least one to train on (use a count below {n} or a fraction below 1)")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+class SubsetDataset(Dataset):
+    """The samples of ``dataset`` at ``indices`` (renumbered from 0), keeping ``info`` and ``labels``."""
+
+    def __init__(self, dataset: Dataset, indices: Tensor):
+        self.dataset = dataset
+        self.indices = indices.long()
+        self.info = getattr(dataset, "info", None)
+        labels = getattr(dataset, "labels", None)
+        self.labels = labels[self.indices] if labels is not None else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.dataset[int(self.indices[index])]

@@ -174,7 +174,8 @@ class Trainer:
     # -- optimisation --------------------------------------------------------------------------
     def _optimizer(self, phase: str) -> torch.optim.Optimizer:
         o = self.tc.optimizer
-        params = self.distiller.trainable_parameters(phase)
+        # parameter groups: a parameter with its own weight-decay hint (a projector option) gets its own
+        params = self.distiller.parameter_groups(phase, o.weight_decay)
         if not params:
             raise ConfigError(f"phase '{phase}' has no trainable parameters")
         if o.name == "sgd":
@@ -357,6 +358,7 @@ class Trainer:
                       "samples": len(self.run.eval_set),  # each scored once over the ranks (ShardSampler)
                       "batch_size": self.cfg.data.eval_batch_size or self.cfg.data.batch_size}
         summary = {"name": self.cfg.name, "task": task.name, "primary_metric": task.primary_metric,
+                   "eval_split": self.run.eval_split,  # which split "best"/"last" were measured on
                    "best": best, "last": last, "skipped_steps": self.guard.skipped, "evaluation": evaluation,
                    "student": str(self.out / STUDENT)}
         if self.is_main:

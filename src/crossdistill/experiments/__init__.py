@@ -10,6 +10,8 @@ from typing import Dict, Optional, Tuple
 REPRODUCTIONS: Dict[str, Tuple[str, str]] = {
     "quickstart": ("quickstart", "reproduce_quickstart"),
     "cross-task": ("cross_task", "reproduce_cross_task"),
+    "cross-task-regimes": ("cross_task_regimes", "reproduce_cross_task_regimes"),
+    "teacher-free": ("teacher_free", "reproduce_teacher_free"),
     "zoo": ("zoo", "reproduce_zoo"),
     "ensemble": ("settings", "reproduce_ensemble"),
     "cross-modal": ("settings", "reproduce_cross_modal"),
@@ -19,13 +21,16 @@ REPRODUCTIONS: Dict[str, Tuple[str, str]] = {
 }
 
 
-def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: Optional[int] = None) -> None:
-    folder = Path(out or f"runs/reproduce/{what}{'-quick' if quick else ''}")
+def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: Optional[int] = None,
+              select=None) -> None:
+    """``select``: a :class:`~crossdistill.experiments.grid.Selection` (``--select-weight``) or None."""
+    tag = ("-quick" if quick else "") + ("-select" if select is not None else "")
+    folder = Path(out or f"runs/reproduce/{what}{tag}")
     seed_list = tuple(range(seeds)) if seeds else None
     t0 = time.time()
     module, name = REPRODUCTIONS[what]
     fn = getattr(importlib.import_module(f".{module}", __name__), name)
-    md = fn(folder, quick=quick, seeds=seed_list)
+    md = fn(folder, quick=quick, seeds=seed_list, **({"select": select} if select is not None else {}))
     print(md)
     print(f"wrote {folder}/results.md, results.csv, results.png in {time.time() - t0:.0f}s")
 

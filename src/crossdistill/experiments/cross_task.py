@@ -81,10 +81,10 @@ def cells(out: Path, scale: str, seeds=None, tasks=("depth", "segmentation", "tr
     return grid
 
 
-def reproduce_cross_task(out: Path, quick: bool = False, seeds=None, log=print) -> str:
+def reproduce_cross_task(out: Path, quick: bool = False, seeds=None, log=print, select=None) -> str:
     scale = "quick" if quick else "full"
     grid = cells(out, scale, seeds, log=log)
-    results = run_grid(grid, out, log)
+    results = run_grid(grid, out, log, select)
     title = f"Cross-task distillation on built-in scenes ({scale} scale, {SCALES[scale]['image_size']}px)"
     md = write_tables(results, out, title)
     plot_results(results, out / "results.png", title, "primary metric (δ1 / mIoU / PSNR)")

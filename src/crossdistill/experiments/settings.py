@@ -40,7 +40,7 @@ def _with_teachers(distill: Dict[str, Any], names) -> Dict[str, Any]:
     return out
 
 
-def reproduce_ensemble(out: Path, quick: bool = False, seeds=None, log=print) -> str:
+def reproduce_ensemble(out: Path, quick: bool = False, seeds=None, log=print, select=None) -> str:
     s = SCALES["quick" if quick else "full"]
     seeds = tuple(seeds or s["seeds"])
     teachers = {}
@@ -55,14 +55,14 @@ def reproduce_ensemble(out: Path, quick: bool = False, seeds=None, log=print) ->
         for label, names in (("one teacher", ["t0"]), ("ensemble of two", ["t0", "t1"])):
             cfg = deep_merge(base, {"teachers": teachers, "distill": _with_teachers(distill, names)})
             cells.append(Cell(name, label, cfg, "acc", True, seeds))
-    results = run_grid(cells, out, log)
+    results = run_grid(cells, out, log, select)
     title = "Ensemble distillation on built-in shapes (small scale)"
     md = write_tables(results, out, title, scale=100.0)
     plot_results(results, out / "results.png", title, "test accuracy (%)", scale=100.0)
     return md
 
 
-def reproduce_cross_modal(out: Path, quick: bool = False, seeds=None, log=print) -> str:
+def reproduce_cross_modal(out: Path, quick: bool = False, seeds=None, log=print, select=None) -> str:
     s = SCALES["quick" if quick else "full"]
     seeds = tuple(seeds or s["seeds"])
     folder = out / "teacher_luminance"
@@ -75,7 +75,7 @@ def reproduce_cross_modal(out: Path, quick: bool = False, seeds=None, log=print)
     for name, distill in TERMS.items():
         cells.append(Cell("chroma student", f"+ {name} from luminance teacher",
                           deep_merge(base, {"teachers": teacher, "distill": distill}), "acc", True, seeds))
-    results = run_grid(cells, out, log)
+    results = run_grid(cells, out, log, select)
     title = "Cross-modal transfer: luminance teacher → chroma student, built-in shapes (small scale)"
     md = write_tables(results, out, title, scale=100.0)
     plot_results(results, out / "results.png", title, "test accuracy (%)", scale=100.0)

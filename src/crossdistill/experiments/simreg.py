@@ -128,7 +128,7 @@ def reference_rows(s: Dict[str, Any], seeds: Sequence[int], teacher_dirs: Dict[s
         return rows
     scores: Dict[str, List[float]] = {}
     cfg = parse_config({"data": _data(s, "none"), "student": {"name": STUDENT}, "task": "self_supervised"})
-    train, test, info = build_data(cfg)
+    train, test, info, _ = build_data(cfg)
     for seed in seeds:
         torch.manual_seed(seed)
         model = create_model(STUDENT, num_classes=info.num_classes, in_channels=info.in_channels)

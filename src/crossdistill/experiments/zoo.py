@@ -58,9 +58,9 @@ def _terms(name: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
     return terms
 
 
-def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print, only=None) -> str:
+def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print, only=None, select=None) -> str:
     """``only``: the method columns to run (e.g. ``["FitNet", "AB"]``; the student always runs), to
-    refresh some rows of a table; default all."""
+    refresh some rows of a table; default all. ``select``: choose each weight on validation (``--select-weight``)."""
     s = SCALES["quick" if quick else "full"]
     seeds = tuple(seeds or s["seeds"])
     teacher_dir = out / "teacher"
@@ -79,7 +79,7 @@ def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print, only=No
         if phase_lr:
             cfg = deep_merge(cfg, {"train": {"phase_lr": {"init": phase_lr.pop()}}})
         cells.append(Cell(row, name, cfg, "acc", True, seeds))
-    results = run_grid(cells, out, log)
+    results = run_grid(cells, out, log, select)
     title = f"Distiller zoo on Fashion-MNIST ({'quick' if quick else 'full'} scale: {s['subset']} training images, {s['epochs']} epochs)"
     md = write_tables(results, out, title, scale=100.0, transpose=True)
     t_acc = json.loads((teacher_dir / "summary.json").read_text())["last"]["acc"] * 100

@@ -20,6 +20,7 @@ from .contrastive import (
     crd_scores,
     with_gradient,
 )
+from .distances import feature_distance, l2_distance, log_sum_distance, smooth_l1_distance
 from .features import (
     ab_loss,
     at_loss,
@@ -47,6 +48,10 @@ from .spectral import (
 
 __all__ = [
     "kd_loss",
+    "feature_distance",
+    "l2_distance",
+    "smooth_l1_distance",
+    "log_sum_distance",
     "hint_loss",
     "attention_map",
     "at_loss",

@@ -28,13 +28,13 @@ which its code never applies).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch.nn as nn
 
 from ..errors import ConfigError
 from ..losses import ab_loss
-from ..projectors import Projector
+from ..projectors import Projector, ProjectorOptions, spectrum_logs
 from .base import InitPhase, Method, NonNegative, NonNegativeInt, check_pairs, register_method, student_body_parameters
 
 
@@ -46,8 +46,10 @@ class AB(InitPhase, Method):
 
     def __init__(self, projector: Literal["standard", "inverted"] = "standard",
                  projector_kind: Literal["linear", "conv_bn"] = "conv_bn", connect_equal: bool = False,
-                 margin: NonNegative = 1.0, init_epochs: NonNegativeInt = 30, in_main: bool = False, **sides):
+                 margin: NonNegative = 1.0, init_epochs: NonNegativeInt = 30, in_main: bool = False,
+                 projector_options: Optional[ProjectorOptions] = None, **sides):
         super().__init__(**sides)
+        self.projector_options = ProjectorOptions.coerce(projector_options)
         self.projector_direction = projector
         self.projector_kind = projector_kind
         self.connect_equal = connect_equal
@@ -67,7 +69,8 @@ class AB(InitPhase, Method):
                         f"ab: student map {i} is never negative (a post-ReLU map?), so without a connector it can "
                         f"never go below −margin; tap the pre-activations (side '...:input' of the ReLU, or a model "
                         f"that declares preact_layers) or set connect_equal: true")
-            connectors.append(Projector(fs.shape[1:], ft.shape[1:], direction, self.projector_kind))
+            connectors.append(Projector(fs.shape[1:], ft.shape[1:], direction, self.projector_kind,
+                                        self.projector_options))
         self.connectors = nn.ModuleList(connectors)
 
     def boundary_loss(self, s, t):
@@ -78,11 +81,11 @@ class AB(InitPhase, Method):
         return total * 3 / 1000
 
     def forward(self, s, t, batch):
-        return self.boundary_loss(s, t)
+        return {"loss": self.boundary_loss(s, t), **spectrum_logs(self.connectors)}
 
     # -- init phase: the connectors and the student's body learn the boundaries ------------------
     def init_loss(self, s, t, batch):
-        return self.boundary_loss(s, t)
+        return {"loss": self.boundary_loss(s, t), **spectrum_logs(self.connectors)}
 
     def init_parameters(self, student):
         return list(self.connectors.parameters()) + student_body_parameters(student)

@@ -18,12 +18,12 @@ Knowledge-Distillation-Zoo CIFAR scripts (AberHu); it makes ``β·L`` O(0.1–1)
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch.nn.functional as F
 
 from ..losses import cc_loss
-from ..projectors import Projector, pool_to_vector
+from ..projectors import Projector, ProjectorOptions, pool_to_vector, spectrum_logs
 from .base import Method, Positive, PositiveInt, register_method
 
 
@@ -34,8 +34,10 @@ class CC(Method):
     default_teacher = "@pooled"
 
     def __init__(self, projector: Literal["standard", "inverted", "identity"] = "standard",
-                 kernel: Literal["gaussian", "linear"] = "gaussian", gamma: Positive = 0.4, order: PositiveInt = 2, **sides):
+                 kernel: Literal["gaussian", "linear"] = "gaussian", gamma: Positive = 0.4, order: PositiveInt = 2,
+                 projector_options: Optional[ProjectorOptions] = None, **sides):
         super().__init__(**sides)
+        self.projector_options = ProjectorOptions.coerce(projector_options)
         self.projector_direction = projector
         self.kernel = kernel
         self.gamma = gamma
@@ -44,10 +46,11 @@ class CC(Method):
     def build(self, s, t):
         if self.projector_direction != "identity":
             zs, zt = pool_to_vector(s[0]), pool_to_vector(t[0])
-            self.projector = Projector(zs.shape[1:], zt.shape[1:], self.projector_direction, "linear")
+            self.projector = Projector(zs.shape[1:], zt.shape[1:], self.projector_direction, "linear", self.projector_options)
 
     def forward(self, s, t, batch):
         zs, zt = pool_to_vector(s[0]), pool_to_vector(t[0])
         if self.projector_direction != "identity":
             zs, zt = self.projector(zs, zt)
-        return cc_loss(F.normalize(zs, dim=1), F.normalize(zt, dim=1), self.kernel, self.gamma, self.order)
+        loss = cc_loss(F.normalize(zs, dim=1), F.normalize(zt, dim=1), self.kernel, self.gamma, self.order)
+        return {"loss": loss, **spectrum_logs([getattr(self, "projector", None)])}

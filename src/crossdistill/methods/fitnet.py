@@ -9,16 +9,22 @@ compared untransformed and a linear map on the teacher side, the squared-L2 loss
 a knowledge-transfer and a spectral-regularisation part (``losses.spectral.inverted_l2_decomposition``,
 derived for a linear projector); both are logged as ``fitnet/transfer`` and ``fitnet/spectral`` and
 sum to the loss. A ReLU there would break that identity.
+
+``projector_options`` (``projectors.ProjectorOptions``: BN without affine on both sides,
+orthogonal parametrisation, projector weight decay, bias, singular-value logging) and ``distance``
+(``l2`` — the hint loss —, ``smooth_l1``, ``log_sum`` with exponent ``alpha``) are the readings of
+Learning to Project tested in ``docs/cross_task.md``. The projector's spectrum is logged as
+``fitnet/projector_sv/<i>``, ``fitnet/projector_erank`` and ``fitnet/projector_rank``.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch.nn.functional as F
 
-from ..losses import hint_loss, inverted_l2_decomposition
-from ..projectors import Projector
-from .base import Method, register_method
+from ..losses import feature_distance, inverted_l2_decomposition
+from ..projectors import Projector, ProjectorOptions
+from .base import Method, Positive, register_method
 
 
 @register_method("fitnet")
@@ -28,24 +34,30 @@ class FitNet(Method):
     default_teacher = "@stage:1"
 
     def __init__(self, projector: Literal["standard", "inverted", "identity"] = "standard",
-                 projector_kind: Literal["linear", "conv_bn"] = "conv_bn", regressor_relu: bool = True, **sides):
+                 projector_kind: Literal["linear", "conv_bn"] = "conv_bn", regressor_relu: bool = True,
+                 projector_options: Optional[ProjectorOptions] = None,
+                 distance: Literal["l2", "smooth_l1", "log_sum"] = "l2", alpha: Positive = 4.0, **sides):
         """``regressor_relu``: the reference's ReLU after the standard regressor (ignored by the
         inverted and identity projectors, which stay linear)."""
         super().__init__(**sides)
         self.projector_direction = projector
         self.projector_kind = projector_kind
         self.regressor_relu = regressor_relu
+        self.projector_options = ProjectorOptions.coerce(projector_options)
+        self.distance, self.alpha = distance, alpha
 
     def build(self, s, t):
-        self.projector = Projector(s[0].shape[1:], t[0].shape[1:], self.projector_direction, self.projector_kind)
+        self.projector = Projector(s[0].shape[1:], t[0].shape[1:], self.projector_direction, self.projector_kind,
+                                   self.projector_options)
 
     def forward(self, s, t, batch):
         z_s, z_t = self.projector(s[0], t[0])
-        if self.projector_direction != "inverted":
-            if self.projector_direction == "standard" and self.regressor_relu:
-                z_s = F.relu(z_s)
-            return hint_loss(z_s, z_t)
-        # MSE = (row-wise squared L2) / d, so each part is divided by d to stay on the MSE scale
-        d = z_s.shape[1]
-        parts = inverted_l2_decomposition(z_s, z_t)
-        return {"loss": hint_loss(z_s, z_t), "transfer": parts["transfer"] / d, "spectral": parts["spectral"] / d}
+        if self.projector_direction == "standard" and self.regressor_relu:
+            z_s = F.relu(z_s)
+        out = {"loss": feature_distance(self.distance, z_s, z_t, alpha=self.alpha), **self.projector.spectrum_logs()}
+        if self.projector_direction == "inverted" and self.distance == "l2":
+            # MSE = (row-wise squared L2) / d, so each part is divided by d to stay on the MSE scale
+            d = z_s.shape[1]
+            parts = inverted_l2_decomposition(z_s, z_t)
+            out.update(transfer=parts["transfer"] / d, spectral=parts["spectral"] / d)
+        return out

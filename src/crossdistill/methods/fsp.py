@@ -18,12 +18,12 @@ weight β (default 50, the value in RepDistiller's script, which its code never 
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch.nn as nn
 
 from ..losses import fsp_loss
-from ..projectors import Projector, match_spatial
+from ..projectors import Projector, ProjectorOptions, match_spatial, spectrum_logs
 from .base import InitPhase, Method, NonNegativeInt, check_pairs, register_method, student_body_parameters
 
 
@@ -43,8 +43,9 @@ class FSP(InitPhase, Method):
     default_teacher = ("stem", "@stages")
 
     def __init__(self, projector: Literal["standard", "inverted"] = "standard", init_epochs: NonNegativeInt = 30,
-                 in_main: bool = False, **sides):
+                 in_main: bool = False, projector_options: Optional[ProjectorOptions] = None, **sides):
         super().__init__(**sides)
+        self.projector_options = ProjectorOptions.coerce(projector_options)
         self.projector_direction = projector
         self.init_epochs = init_epochs
         self.in_main = in_main
@@ -52,7 +53,8 @@ class FSP(InitPhase, Method):
     def build(self, s, t):
         check_pairs("fsp", s, t, maps=True, at_least=2)
         direction = [self.projector_direction if fs.shape[1] != ft.shape[1] else "identity" for fs, ft in zip(s, t)]
-        self.projectors = nn.ModuleList(Projector(fs.shape[1:], ft.shape[1:], d) for fs, ft, d in zip(s, t, direction))
+        self.projectors = nn.ModuleList(Projector(fs.shape[1:], ft.shape[1:], d, "linear", self.projector_options)
+                                        for fs, ft, d in zip(s, t, direction))
 
     def flow_loss(self, s, t):
         projected = [p(fs, ft) for fs, ft, p in zip(s, t, self.projectors)]
@@ -61,11 +63,11 @@ class FSP(InitPhase, Method):
         return fsp_loss(s_pairs, t_pairs) * len(s_pairs)
 
     def forward(self, s, t, batch):
-        return self.flow_loss(s, t)
+        return {"loss": self.flow_loss(s, t), **spectrum_logs(self.projectors)}
 
     # -- init phase: the student's body learns the teacher's flow ---------------------------------
     def init_loss(self, s, t, batch):
-        return self.flow_loss(s, t)
+        return {"loss": self.flow_loss(s, t), **spectrum_logs(self.projectors)}
 
     def init_parameters(self, student):
         return list(self.projectors.parameters()) + student_body_parameters(student)

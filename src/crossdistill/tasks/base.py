@@ -52,8 +52,10 @@ TASKS: Registry[type] = Registry("task")
 register_task = TASKS.register
 
 
-def create_task(name: str, num_classes: int | None = None) -> Task:
-    return TASKS.get(name)(num_classes=num_classes)
+def create_task(name: str, num_classes: int | None = None, **options) -> Task:
+    """A registered task; ``options`` are the task's own (config ``task_options``, e.g.
+    ``label_smoothing`` for classification), checked against its signature by the config."""
+    return TASKS.get(name)(num_classes=num_classes, **options)
 
 
 def _check_target(batch: Dict[str, Tensor], key: str, task: str) -> Tensor:

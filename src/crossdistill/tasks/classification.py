@@ -1,9 +1,15 @@
-"""Image classification: logits ``[B, K]`` against the batch field ``"label"`` ``[B]``."""
+"""Image classification: logits ``[B, K]`` against the batch field ``"label"`` ``[B]``.
+
+Option ``label_smoothing`` (ε, default 0): the cross-entropy target is ``(1 − ε)·onehot + ε/K``
+(Szegedy et al. 2016; ``F.cross_entropy(label_smoothing=ε)``) — the standard regulariser a user
+tries first, here as the baseline of the teacher-free regulariser study.
+"""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Annotated, Dict
 
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -24,10 +30,13 @@ class ClassificationTask(Task):
     primary_metric = "acc"
     higher_is_better = True
 
-    def __init__(self, num_classes: int | None = None):
+    def __init__(self, num_classes: int | None = None, label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0):
         if num_classes is None or int(num_classes) < 2:
             raise ConfigError(f"task 'classification' needs num_classes >= 2, got {num_classes}")
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ConfigError(f"task 'classification': label_smoothing must be in [0, 1), got {label_smoothing}")
         super().__init__(int(num_classes))
+        self.label_smoothing = float(label_smoothing)
 
     def output_channels(self) -> int:
         return self.num_classes
@@ -35,7 +44,7 @@ class ClassificationTask(Task):
     def loss(self, output: Tensor, batch: Dict[str, Tensor]) -> Tensor:
         label = _check_target(batch, self.target_key, self.name).to(output.device).long()
         try:
-            return F.cross_entropy(output.float(), label)
+            return F.cross_entropy(output.float(), label, label_smoothing=self.label_smoothing)
         except (IndexError, RuntimeError):
             from ..checks import check_class_targets
 

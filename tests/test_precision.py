@@ -83,6 +83,7 @@ def test_lowered_precision_terms_stay_close_to_float32(name, options):
 
     def capture(s, t, batch):
         captured["s"], captured["t"] = [x.detach() for x in s], [x.detach() for x in t]
+        captured["batch"] = batch  # the term's view of the batch (e.g. CRD's contrast indices)
         return original(s, t, batch)
 
     term.forward = capture
@@ -94,7 +95,8 @@ def test_lowered_precision_terms_stay_close_to_float32(name, options):
     term.load_state_dict(state)
     torch.manual_seed(1)
     with torch.no_grad():
-        reference, _ = split_loss(original([x.float() for x in captured["s"]], [x.float() for x in captured["t"]], batch))
+        reference, _ = split_loss(original([x.float() for x in captured["s"]], [x.float() for x in captured["t"]],
+                                           captured["batch"]))
     lowered = parts[d.labels[0]]
     assert lowered.dtype == torch.float32
     assert float(lowered) == pytest.approx(float(reference), rel=2e-2, abs=1e-6)

@@ -310,10 +310,10 @@ def test_the_mask_uses_the_share_no_teacher_patch_at_zero_no_student_patch_at_on
     b = shapes_batch()
     loss0, _ = d0(b)
     d0.zero_grad()
-    d0.terms[0](*d0._term_inputs(0, *d0._forward_networks(b["input"], [True])), b)["loss"].backward()
+    d0.terms[0](*d0._term_inputs(0, *d0._forward_networks(b, [True])), b)["loss"].backward()
     assert d0.student.layer1[0].conv1.weight.grad.abs().sum() > 0
     d1.zero_grad()
-    d1.terms[0](*d1._term_inputs(0, *d1._forward_networks(b["input"], [True])), b)["loss"].backward()
+    d1.terms[0](*d1._term_inputs(0, *d1._forward_networks(b, [True])), b)["loss"].backward()
     # only teacher patches: the generator sees no student feature, the student gets no gradient
     assert d1.student.layer1[0].conv1.weight.grad is None or d1.student.layer1[0].conv1.weight.grad.abs().sum() == 0
 
@@ -665,7 +665,7 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
         d.train()
         batch = toy_batch(seed=rank)  # different data per rank
         with torch.no_grad():
-            s_maps, t_maps = d._term_inputs(0, *d._forward_networks(batch["input"], [True]))
+            s_maps, t_maps = d._term_inputs(0, *d._forward_networks(batch, [True]))
             local = torch.stack([linear_cka(a, b) for a, b in zip(s_maps[:-1], t_maps[:-1])])
         loss, _ = d(batch)
         loss.backward()

@@ -133,7 +133,7 @@ def test_zoo_reproduction_configs_carry_each_methods_init_rate(tmp_path, monkeyp
     class Stop(Exception):
         pass
 
-    def grid(cells, out, log):
+    def grid(cells, out, log, select=None):
         captured["cells"] = cells
         raise Stop
 

@@ -34,16 +34,27 @@ def test_selection_reads_only_validation_then_scores_the_selected_students_on_te
     import crossdistill.build as build
     import crossdistill.engine.evaluate as evaluate
 
-    built, scored = [], []
+    built, scored, scoring = [], [], []
     real_dataset, real_eval = build._dataset.__wrapped__, evaluate.evaluate_checkpoint
-    monkeypatch.setattr(build, "_dataset", lambda *a: (built.append(a[1]), real_dataset(*a))[1])
-    monkeypatch.setattr(evaluate, "evaluate_checkpoint", lambda p, *a: (scored.append(p), real_eval(p, *a))[1])
+    # (split, whether it was built to score a selected student on test)
+    monkeypatch.setattr(build, "_dataset", lambda *a: (built.append((a[1], bool(scoring))), real_dataset(*a))[1])
+
+    def score(p, *a):
+        scored.append(p)
+        scoring.append(p)
+        try:
+            return real_eval(p, *a)
+        finally:
+            scoring.pop()
+
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", score)
 
     distilled = {**BASE, **TEACHER, "distill": {"terms": [{"method": "fitnet", "weight": 1.0}]}}
     cells = [Cell("r", "alone", BASE, "acc", True, (0, 1)), Cell("r", "fitnet", distilled, "acc", True, (0, 1))]
     results = run_grid(cells, tmp_path, log=lambda *a: None, select=Selection(factors=(0.1, 10.0), validation=0.25))
 
-    assert "test" not in built  # no training run ever built the test split
+    assert ("test", False) not in built  # no training run ever built the test split; only the scoring did
+    assert ("test", True) in built
     alone, fit = results
     assert alone.selected == "" and list(alone.validation) == [""]
     assert set(fit.validation) == {"w=0.1", "w=10"}

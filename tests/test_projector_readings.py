@@ -153,10 +153,11 @@ def test_projector_weight_decay_shrinks_the_projector_only():
 
 
 @pytest.mark.parametrize("opts", [
-    dict(projector="inverted", projector_kind="linear", distance="log_sum"),
-    dict(projector="standard", projector_kind="linear", distance="smooth_l1"),
-    dict(projector="inverted", projector_kind="linear", projector_options={"norm": "batchnorm"}),
-    dict(projector="inverted", projector_kind="conv_bn", projector_options={"orthogonal": True, "bias": True}),
+    dict(projector="inverted", projector_kind="linear", distance="log_sum", projector_options={"log_singular_values": 4}),
+    dict(projector="standard", projector_kind="linear", distance="smooth_l1", projector_options={"log_singular_values": 4}),
+    dict(projector="inverted", projector_kind="linear", projector_options={"norm": "batchnorm", "log_singular_values": 4}),
+    dict(projector="inverted", projector_kind="conv_bn",
+         projector_options={"orthogonal": True, "bias": True, "log_singular_values": 4}),
 ])
 def test_fitnet_readings_train_and_lower_their_loss(opts):
     d = _fitnet_distiller(**opts)
@@ -181,7 +182,8 @@ def test_every_method_with_a_projector_takes_the_options_and_logs_its_spectrum()
         student, teacher = TinyNet(width=4), TinyNet(width=8)
         if name == "fsp":
             opts = dict(opts, student="@stages", teacher="@stages")
-        term = build_method(name, projector_options={"weight_decay": 0.1, "orthogonal": True}, **opts)
+        term = build_method(name, projector_options={"weight_decay": 0.1, "orthogonal": True, "log_singular_values": 2},
+                            **opts)
         d = Distiller(student, teacher.eval(), [term], example_input=b["input"])
         _, parts = d(b)
         assert any(k.startswith(f"{name}/projector") and k.endswith("_erank") for k in parts), (name, sorted(parts))

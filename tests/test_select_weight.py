@@ -133,13 +133,31 @@ def test_every_zoo_variant_gets_weight_candidates_around_its_reference_beta():
     from crossdistill.experiments import zoo
     from crossdistill.methods import METHODS
 
+    from crossdistill.methods import build_method
+
     s = zoo.SCALES["quick"]
     for name in zoo.METHODS:
         cfg = {"distill": {"task_weight": zoo.TASK_WEIGHT.get(name, 1.0), "terms": zoo._terms(name, s)}}
         cands = weight_candidates(cfg, (0.1, 1.0))
+        terms = cfg["distill"]["terms"]
+        if not any(build_method(t["method"], **{k: v for k, v in t.items() if k not in ("method", "weight")})
+                   .active_in("main") for t in terms):
+            # AB / FSP as the reference: an unweighted init phase only, so there is no weight to choose
+            assert cands == {"": {}}, name
+            continue
         assert len(cands) == 2, name
         for factor, patch in zip((0.1, 1.0), cands.values()):
             for term, got in zip(cfg["distill"]["terms"], patch["distill"]["terms"]):
                 beta = term.get("weight", METHODS.get(term["method"]).default_weight)
                 assert got["weight"] == pytest.approx(factor * beta), name
                 assert {k: v for k, v in got.items() if k != "weight"} == {k: v for k, v in term.items() if k != "weight"}
+
+
+def test_select_weight_on_a_reproduction_without_weights_is_one_clear_error(tmp_path):
+    from crossdistill.errors import ConfigError
+    from crossdistill.experiments import reproduce
+
+    for what in ("simreg", "dpk-teacher-size", "teacher-cache"):
+        with pytest.raises(ConfigError, match=f"reproduce {what} has no loss weight to select.*zoo"):
+            reproduce(what, quick=True, out=str(tmp_path / what), select=Selection(factors=(0.1, 1.0)))
+        assert not (tmp_path / what).exists()

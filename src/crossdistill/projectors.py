@@ -24,7 +24,8 @@ method that builds a :class:`Projector`; REFERENCE §1 lists where each comes fr
   parameter group; decay is what lets a projector shrink directions towards rank deficiency;
 - ``bias: true`` — a bias on the map (the AAAI paper's linear projector has one);
 - ``log_singular_values: k`` — the projector logs its top-k singular values, its effective rank
-  and its numerical rank every step (:meth:`Projector.spectrum_logs`); 0 logs nothing.
+  and its numerical rank every step (:meth:`Projector.spectrum_logs`); 0 (the default) logs
+  nothing: each reading is an SVD per step, a device synchronisation on a GPU.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class ProjectorOptions(BaseModel):
     orthogonal: bool = False
     weight_decay: Optional[float] = Field(None, ge=0)  # None: the optimiser's weight decay
     bias: bool = False
-    log_singular_values: int = Field(4, ge=0)
+    log_singular_values: int = Field(0, ge=0)
 
     @classmethod
     def coerce(cls, value: Union["ProjectorOptions", Dict, None]) -> "ProjectorOptions":

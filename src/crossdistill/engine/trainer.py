@@ -354,7 +354,7 @@ class Trainer:
         last = self.history[-1] if self.history else {}
         pick = max if task.higher_is_better else min
         best = pick(self.history, key=lambda r: r[task.primary_metric]) if self.history else {}
-        evaluation = {**self.eval_precision.describe(), "processes": self.world,
+        evaluation = {**self.eval_precision.describe(), "processes": self.world, "split": self.run.eval_split,
                       "samples": len(self.run.eval_set),  # each scored once over the ranks (ShardSampler)
                       "batch_size": self.cfg.data.eval_batch_size or self.cfg.data.batch_size}
         summary = {"name": self.cfg.name, "task": task.name, "primary_metric": task.primary_metric,

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
+
+from ..errors import ConfigError
 
 #: ``crossdistill reproduce <name>``: name → (module of this package, function); imported when run
 REPRODUCTIONS: Dict[str, Tuple[str, str]] = {
@@ -30,6 +33,10 @@ def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: 
     t0 = time.time()
     module, name = REPRODUCTIONS[what]
     fn = getattr(importlib.import_module(f".{module}", __name__), name)
+    if select is not None and "select" not in inspect.signature(fn).parameters:
+        choose = ", ".join(n for n, (m, f) in REPRODUCTIONS.items()
+                           if "select" in inspect.signature(getattr(importlib.import_module(f".{m}", __name__), f)).parameters)
+        raise ConfigError(f"reproduce {what} has no loss weight to select (--select-weight); it works with: {choose}")
     md = fn(folder, quick=quick, seeds=seed_list, **({"select": select} if select is not None else {}))
     print(md)
     print(f"wrote {folder}/results.md, results.csv, results.png in {time.time() - t0:.0f}s")

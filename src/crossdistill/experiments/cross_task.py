@@ -74,7 +74,7 @@ def cells(out: Path, scale: str, seeds=None, tasks=("depth", "segmentation", "tr
             for proj in ("standard", "inverted"):
                 cfg = deep_merge(base, {"teachers": {"default": tcfg}, "distill": {"terms": [
                     {"method": "fitnet", "student": "@encoder", "teacher": "@encoder", "projector": proj,
-                     "projector_kind": "linear", "weight": FEATURE_WEIGHT}]}})
+                     "projector_kind": "linear", "regressor_relu": False, "weight": FEATURE_WEIGHT}]}})
                 grid.append(Cell(row, f"{tname}: {proj}", cfg, metric, higher, seeds))
         grid.append(Cell(row, "teacher-free", deep_merge(base, {"distill": {"terms": [
             {"method": "spectral", "student": "@encoder", "weight": SPECTRAL_WEIGHT}]}}), metric, higher, seeds))

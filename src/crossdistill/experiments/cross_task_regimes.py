@@ -135,8 +135,11 @@ def fitnet_terms(r: Regime, projector: str, teacher_side: Optional[str] = None) 
     reading = READINGS.get(r.reading, {})
     terms = []
     for s_side, t_side in _sides(r):
+        # both directions linear (no ReLU after the standard one: the comparison is of the two
+        # directions of one linear map); the spectrum is logged for the projector readings
         term = {"method": "fitnet", "student": s_side, "teacher": teacher_side or t_side, "projector": projector,
-                "projector_kind": "linear", "weight": 1.0}
+                "projector_kind": "linear", "regressor_relu": False, "projector_options": {"log_singular_values": 4},
+                "weight": 1.0}
         terms.append(deep_merge(term, reading))
     return terms
 
@@ -160,8 +163,8 @@ def variants(r: Regime, teachers: Dict[str, Dict[str, Any]], s: Dict[str, Any]) 
 
 def vintagify_variants(r: Regime, s: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     """The pretrained CycleGAN generator (image translation) as teacher. Its tapped feature is the
-    end of its downsampling encoder (``@stage:0`` = ``model.9``, 256 channels at 1/4 resolution):
-    the forward stops there, which keeps an 11 M-parameter teacher affordable on a CPU."""
+    end of its downsampling encoder (``@stage:0`` = ``model.9``, 256 channels at 1/4 resolution).
+    The whole generator runs every step (11 M parameters): the costliest teacher of the map."""
     teacher = {"model": "cyclegan_resnet_generator", "options": {"norm": "instance_affine"}, "num_classes": 3,
                "weights": str(VINTAGIFY)}
     base = base_config(r, s)

@@ -149,11 +149,13 @@ def _run_cell(cell: Cell, out: Path, log) -> Result:
 
 def weight_candidates(config: Dict[str, Any], factors: Sequence[float]) -> Dict[str, Dict[str, Any]]:
     """Candidate patches: every distillation term's weight (its own, or the method's default β)
-    times each factor. A config without terms has the single candidate ``{}``."""
-    from ..methods import METHODS
+    times each factor. A config without terms — or whose terms all sit out main training (AB, FSP
+    with ``in_main: false``: their init phase is not weighted) — has the single candidate ``{}``."""
+    from ..methods import METHODS, build_method
 
     terms = (config.get("distill") or {}).get("terms") or []
-    if not terms:
+    options = [{k: v for k, v in t.items() if k not in ("method", "weight")} for t in terms]
+    if not any(build_method(t["method"], **o).active_in("main") for t, o in zip(terms, options)):
         return {"": {}}
     base = [float(t["weight"]) if t.get("weight") is not None else float(METHODS.get(t["method"]).default_weight)
             for t in terms]

@@ -38,7 +38,8 @@ class FitNet(Method):
                  projector_options: Optional[ProjectorOptions] = None,
                  distance: Literal["l2", "smooth_l1", "log_sum"] = "l2", alpha: Positive = 4.0, **sides):
         """``regressor_relu``: the reference's ReLU after the standard regressor (ignored by the
-        inverted and identity projectors, which stay linear)."""
+        inverted and identity projectors, which stay linear, and under ``projector_options.norm:
+        batchnorm``, whose normalised target is half negative)."""
         super().__init__(**sides)
         self.projector_direction = projector
         self.projector_kind = projector_kind
@@ -52,7 +53,9 @@ class FitNet(Method):
 
     def forward(self, s, t, batch):
         z_s, z_t = self.projector(s[0], t[0])
-        if self.projector_direction == "standard" and self.regressor_relu:
+        # the reference's regressor ends in a ReLU; under the BN-on-both-sides reading the compared
+        # tensors are normalised (half negative), so the ReLU would put the target out of reach
+        if self.projector_direction == "standard" and self.regressor_relu and self.projector_options.norm == "none":
             z_s = F.relu(z_s)
         out = {"loss": feature_distance(self.distance, z_s, z_t, alpha=self.alpha), **self.projector.spectrum_logs()}
         if self.projector_direction == "inverted" and self.distance == "l2":

@@ -116,6 +116,31 @@ def test_bench_overhead_runs_the_recipe_as_training_builds_it():
     assert row_config(o, "spectral").distill.terms[0].method == "spectral"  # no recipe: the defaults
 
 
+def test_bench_overhead_gives_crd_its_contrast_indices_in_the_batch_as_the_loader_does(monkeypatch):
+    """CRD's negatives come with the batch (the loader's workers draw them), so the timed step never
+    draws them: drawing on the spot is refused here."""
+    from crossdistill.bench.overhead import build_row, with_sample_fields
+    from crossdistill.bench._steps import random_batch
+
+    o = bench.options("overhead", {"k": 16, "n": 200, "b": 4, "student": "resnet8", "teacher": "resnet14"})
+    batch = random_batch(4, 32, o["classes"], seed=0, device=torch.device("cpu"), channels_last=False)
+    batch["index"] = torch.arange(4)
+    d = build_row(o, "crd", batch, torch.device("cpu"), False)
+    full = with_sample_fields(d, batch, 0)
+    key = next(k for k in full if k.endswith(".contrast_index"))
+    assert full[key].shape == (4, 17) and (full[key][:, 0] == batch["index"]).all()
+    term = d.terms[0]
+
+    def drawn(*a):
+        raise AssertionError("drawn on the step")
+
+    names = list(term.sample_fields())
+    monkeypatch.setattr(term, "sample_fields", lambda: {n: drawn for n in names})
+    d(full)  # uses the batch's indices, draws none
+    with pytest.raises(AssertionError, match="drawn on the step"):
+        d(batch)  # without them the Distiller would draw them on the step
+
+
 def test_bench_cli_errors_are_one_line():
     res = subprocess.run([sys.executable, "-m", "crossdistill.cli", "bench", "amp", "stpes=3"],
                          capture_output=True, text=True, timeout=120)

@@ -118,6 +118,20 @@ def build_row(o: Dict[str, Any], row: str, batch, device: torch.device, channels
     return distiller
 
 
+def with_sample_fields(distiller, batch: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    """``batch`` with the per-sample fields the row's methods declare (CRD's contrast indices), drawn
+    once beforehand: in training the loader's workers draw them, off the timed step."""
+    import numpy as np
+
+    fields = distiller.sample_fields()
+    if not fields:
+        return batch
+    index = batch["index"].cpu().tolist()
+    extra = {key: torch.stack([torch.as_tensor(fn(i, np.random.default_rng([seed, 0, i, k]))) for i in index])
+             for k, (key, fn) in enumerate(fields.items())}
+    return {**batch, **{key: v.to(batch["index"].device) for key, v in extra.items()}}
+
+
 def _reads_teacher(distiller, phase: str) -> bool:
     return any(t.needs_teacher and t.active_in(phase) for t in distiller.terms)
 
@@ -159,7 +173,7 @@ def variants(o: Dict[str, Any], mode: str, device: torch.device):
             name = row if phase == "main" else f"{row}:{phase}"
             if phase != "main":  # each phase its own Distiller, as the trainer's phases each have their optimiser
                 distiller = build_row(o, row, batch, device, channels_last)
-            steps[name] = distiller_step(distiller, batch, dtype, device, phase)
+            steps[name] = distiller_step(distiller, with_sample_fields(distiller, batch, o["seed"]), dtype, device, phase)
             reads = _reads_teacher(distiller, phase)
             baseline[name] = STUDENT_TEACHER if reads else STUDENT
             if reads:

@@ -495,3 +495,15 @@ def test_spectral_tail_zero_input_is_zero():
     r = spectral_tail_ratio(z)
     r.backward()
     assert r.item() == 0.0 and torch.isfinite(z.grad).all()
+
+
+def test_match_spatial_by_an_integer_factor_equals_area_interpolation():
+    import torch.nn.functional as F
+
+    from crossdistill.projectors import match_spatial
+
+    g = torch.Generator().manual_seed(0)
+    for shape, size in (((2, 3, 32, 32), (16, 16)), ((2, 3, 32, 32), (8, 8)), ((1, 2, 12, 6), (4, 3)),
+                        ((1, 2, 10, 10), (4, 4))):  # the last one is not an integer factor
+        x = torch.randn(*shape, generator=g)
+        assert torch.allclose(match_spatial(x, size), F.interpolate(x, size=size, mode="area"), atol=1e-6)

@@ -13,7 +13,7 @@ Vectors ``[B, D]`` are joined with a linear layer, feature maps ``[B, C, H, W]``
 spatial size in both directions. Shapes come from one dry-run forward (see ``Distiller``).
 
 Readings of the projector (:class:`ProjectorOptions`, the option ``projector_options`` of every
-method that builds a :class:`Projector`; REFERENCE §1 lists where each comes from):
+method that builds a :class:`Projector`; docs/cross_task.md says where each comes from):
 
 - ``norm: batchnorm`` — BatchNorm *without* affine parameters on both compared tensors, after the
   projection and before the distance ("Understanding the role of the projector in KD");

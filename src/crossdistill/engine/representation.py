@@ -1,6 +1,6 @@
 """Representation evaluation: k-NN and linear probe on the frozen backbone's features.
 
-The usual protocols of self-supervised learning and of SimReg (REFERENCE §5), for any model of the
+The usual protocols of self-supervised learning and of SimReg (Navaneet et al. 2021), for any model of the
 registry on any classification data set, teachers and students alike:
 
 - **features** — the frozen network in eval mode, no augmentation (the eval transform: the centre

@@ -40,7 +40,7 @@ PRIMARY = {"depth": "delta1", "segmentation": "miou"}
 SHORT = {"dense_resnet_xs": "xs", "dense_resnet_s": "s", "dense_resnet_m": "m"}
 VINTAGIFY = Path(os.path.expanduser("~/data/vintagify/G_A2B_epoch33.pth"))
 
-# the readings tested at the centre regime (REFERENCE §1): name → FitNet options
+# the readings tested at the centre regime (docs/cross_task.md): name → FitNet options
 READINGS: Dict[str, Dict[str, Any]] = {
     "conv-BN": {"projector_kind": "conv_bn"},
     "BN (no affine) both sides": {"projector_options": {"norm": "batchnorm"}},

@@ -1,6 +1,6 @@
 """Distances between two already-projected feature tensors of the same shape (FitNet-style terms).
 
-The readings of Learning to Project that the same authors' public work suggests (REFERENCE §1):
+The readings of Learning to Project that the same authors' public work suggests (docs/cross_task.md):
 
 - ``l2``:        ``L = mean_i (a_i − b_i)²``                       (FitNet's hint loss, the default)
 - ``smooth_l1``: ``L = mean_i h_β(a_i − b_i)``, ``h_β(x) = x²/(2β)`` if ``|x| < β`` else ``|x| − β/2``

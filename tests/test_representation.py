@@ -212,3 +212,18 @@ def test_eval_bad_input_is_one_line_nonzero_exit_and_nothing_written(student_ckp
     assert len(lines) == 1 and lines[0].startswith("error: ") and want in lines[0], r.stderr
     assert not (folder / "eval.json").exists()
     assert sorted(p.name for p in folder.iterdir()) == ["dense.pt", "student.pt"]
+
+
+def test_eval_protocols_refuse_a_student_with_non_finite_weights(student_ckpt, tmp_path):
+    """As `eval` does for the task metric: a diverged student gets no k-NN or probe score."""
+    from crossdistill.engine.representation import evaluate_representation
+    from crossdistill.errors import CheckpointError
+
+    student = torch.load(student_ckpt / "student.pt", weights_only=True)
+    first = next(k for k, v in student["student"].items() if v.is_floating_point())
+    student["student"][first] = student["student"][first].clone().fill_(float("nan"))
+    torch.save(student, tmp_path / "nan.pt")
+    for protocol in ("knn", "linear"):
+        with pytest.raises(CheckpointError, match="non-finite weights"):
+            evaluate_representation(str(tmp_path / "nan.pt"), protocol, [])
+    assert not (tmp_path / "eval.json").exists()

@@ -57,12 +57,12 @@ class EvalSetup:
     input_view: str
 
 
-def load_for_eval(path: str, overrides: Sequence[str] = ()) -> EvalSetup:
-    """The student of ``path`` (an exported ``student.pt`` or a training checkpoint), the test split of
-    the dataset it was trained on (or other data given by ``data.*`` overrides), and its task."""
-    from ..build import build_task, build_test_set, model_from_spec
+def checkpoint_for_eval(path: str, overrides: Sequence[str] = ()):
+    """``(spec, state, data config)`` of checkpoint ``path`` for an evaluation: the network's spec, its
+    weights (refused if any is non-finite) and the data set it was trained on, with ``data.*``
+    overrides applied (any other key is refused). Shared by ``eval`` and its representation protocols."""
     from ..config import DataConfig, apply_override, format_validation_error
-    from .checkpoint import load_checkpoint, load_into, student_state
+    from .checkpoint import load_checkpoint, student_state
     from .export import non_finite
 
     ckpt = load_checkpoint(path)
@@ -82,9 +82,18 @@ def load_for_eval(path: str, overrides: Sequence[str] = ()) -> EvalSetup:
             raise ConfigError(f"eval override '{item}': only data.* keys can be changed at evaluation")
         apply_override(raw, item)
     try:
-        data_cfg = DataConfig.model_validate(raw["data"])
+        return spec, state, DataConfig.model_validate(raw["data"])
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, DataConfig, prefix="data.")) from None
+
+
+def load_for_eval(path: str, overrides: Sequence[str] = ()) -> EvalSetup:
+    """The student of ``path`` (an exported ``student.pt`` or a training checkpoint), the test split of
+    the dataset it was trained on (or other data given by ``data.*`` overrides), and its task."""
+    from ..build import build_task, build_test_set, model_from_spec
+    from .checkpoint import load_into
+
+    spec, state, data_cfg = checkpoint_for_eval(path, overrides)
     test = build_test_set(data_cfg)
     task_name = spec.get("task", "classification")
     task = build_task(task_name, test.info)

@@ -34,7 +34,6 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import ValidationError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -224,11 +223,11 @@ def evaluate_representation(path: str, protocol: Union[str, Sequence[str]], over
     checkpoint. Every check runs before any feature is computed, and nothing is written unless the
     evaluation succeeds. Returns the record (for a list: ``{protocol: record}``)."""
     from ..build import _dataset, model_from_spec
-    from ..config import DataConfig, apply_override, format_validation_error
     from ..data.seeded import AugmentedDataset
     from ..data.transforms import build_eval_transform
     from ..views import VIEWS
-    from .checkpoint import atomic_write_text, load_checkpoint, load_into, student_state
+    from .checkpoint import atomic_write_text, load_into
+    from .evaluate import checkpoint_for_eval
 
     protocols = [protocol] if isinstance(protocol, str) else list(protocol)
     for p in protocols:
@@ -237,22 +236,9 @@ def evaluate_representation(path: str, protocol: Union[str, Sequence[str]], over
     ks = [int(k) for k in ks]
     if "knn" in protocols and (not ks or min(ks) < 1):
         raise ConfigError(f"k-NN needs k >= 1, got {ks}")
-    ckpt = load_checkpoint(path)
-    spec = ckpt["model_spec"]
-    if not spec.get("data") and not any(o.startswith("data.name=") for o in overrides):
-        raise ConfigError(f"'{path}' does not record the dataset it was trained on; give it as data.name=... "
-                          "(and data.root=..., data.options=...)")
-    raw = {"data": dict(spec.get("data") or {})}
-    for item in overrides:
-        if not item.split("=", 1)[0].strip().startswith("data."):
-            raise ConfigError(f"eval override '{item}': only data.* keys can be changed at evaluation")
-        apply_override(raw, item)
-    try:
-        data_cfg = DataConfig.model_validate(raw["data"])
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, DataConfig, prefix="data.")) from None
+    spec, state, data_cfg = checkpoint_for_eval(path, overrides)
     model = model_from_spec(spec)
-    load_into(model, student_state(ckpt), "network", path)
+    load_into(model, state, "network", path)
     resolve_feature(model, feature)
     if torch.cuda.is_available():  # the backbone forwards on the GPU; k-NN and the probe on the cached CPU features
         model = model.cuda()

@@ -14,6 +14,7 @@ from typing import Any, Dict
 
 from ..config import deep_merge
 from .grid import Cell, plot_results, run_grid, train_config, write_tables
+from .zoo import base_config
 
 SCALES: Dict[str, Dict[str, Any]] = {
     "quick": dict(subset=1000, epochs=3, teacher_epochs=3, views=8, seeds=(0, 1, 2)),
@@ -24,24 +25,13 @@ TEACHER, STUDENT = "resnet20", "resnet8"
 KD = {"task_weight": 0.1, "terms": [{"method": "kd", "weight": 0.9, "T": 4}]}
 
 
-def _base(s: Dict[str, Any], model: str, epochs: int) -> Dict[str, Any]:
-    return {
-        "task": "classification",
-        "data": {"name": "fashion_mnist", "batch_size": 64, "augment": "crop_flip",
-                 "options": {"subset": s["subset"], "pad_to": 32}},
-        "student": {"name": model},
-        "train": {"epochs": epochs, "optimizer": {"name": "sgd", "lr": 0.05, "weight_decay": 5e-4},
-                  "schedule": {"name": "cosine"}, "progress": False},
-    }
-
-
 def reproduce_teacher_cache(out: Path, quick: bool = False, seeds=None, log=print) -> str:
     s = SCALES["quick" if quick else "full"]
     seeds = tuple(seeds or s["seeds"])
     teacher_dir = out / "teacher"
     log(f"teacher: {TEACHER} on Fashion-MNIST ({s['subset']} images, {s['teacher_epochs']} epochs)")
-    train_config(deep_merge(_base(s, TEACHER, s["teacher_epochs"]), {"seed": 1000}), teacher_dir, log)
-    base = _base(s, STUDENT, s["epochs"])
+    train_config(deep_merge(base_config(s, TEACHER, s["teacher_epochs"]), {"seed": 1000}), teacher_dir, log)
+    base = base_config(s, STUDENT, s["epochs"])
     kd = deep_merge(base, {"teachers": {"default": {"checkpoint": str(teacher_dir / "student.pt")}}, "distill": KD})
     cache = {"views": s["views"], "dtype": "float16", "dir": str(out / "teacher_cache")}
     row = f"{TEACHER} → {STUDENT}"

@@ -35,7 +35,9 @@ TASK_WEIGHT = {"KD": 0.1}
 INIT_PHASE_LR = {"ab": 0.05, "ft": 0.01, "fsp": 0.05}
 
 
-def _base(s: Dict[str, Any], model: str, epochs: int) -> Dict[str, Any]:
+def base_config(s: Dict[str, Any], model: str, epochs: int) -> Dict[str, Any]:
+    """A Fashion-MNIST classification run at 32 px (padded), SGD + cosine, as the zoo and the teacher
+    cache reproductions train it; ``s`` gives the subset."""
     return {
         "task": "classification",
         "data": {"name": "fashion_mnist", "batch_size": 64, "augment": "crop_flip",
@@ -65,8 +67,8 @@ def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print, only=No
     seeds = tuple(seeds or s["seeds"])
     teacher_dir = out / "teacher"
     log(f"teacher: {TEACHER} on Fashion-MNIST")
-    train_config(deep_merge(_base(s, TEACHER, s["teacher_epochs"]), {"seed": 1000}), teacher_dir, log)
-    base = _base(s, STUDENT, s["epochs"])
+    train_config(deep_merge(base_config(s, TEACHER, s["teacher_epochs"]), {"seed": 1000}), teacher_dir, log)
+    base = base_config(s, STUDENT, s["epochs"])
     row = f"{TEACHER} → {STUDENT}"
     cells = [Cell(row, "student", base, "acc", True, seeds)]
     teacher = {"default": {"checkpoint": str(teacher_dir / "student.pt")}}

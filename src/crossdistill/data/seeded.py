@@ -42,18 +42,13 @@ def copy_field(c: int) -> str:
     return "input" if c == 0 else f"input_{c}"
 
 
-class AugmentedDataset(Dataset):
-    def __init__(self, dataset: Dataset, transform: Optional[Callable[[Dict[str, Tensor]], Dict[str, Tensor]]], seed: int = 0,
-                 views: Optional[int] = None, view_seed: int = 0, copies: int = 1):
-        if int(copies) < 1:
-            raise ValueError(f"copies must be >= 1, got {copies}")
+class _EpochSeeded(Dataset):
+    """A wrapper whose samples depend on ``(seed, epoch, index)``; the trainer's ``set_epoch`` reaches it."""
+
+    def __init__(self, dataset: Dataset, seed: int):
         self.dataset = dataset
-        self.transform = transform
         self.seed = seed
-        self.copies = int(copies)
         self.epoch = 0
-        self.views = views
-        self.view_seed = view_seed
         self.info = getattr(dataset, "info", None)
         self.labels = getattr(dataset, "labels", None)
 
@@ -62,6 +57,18 @@ class AugmentedDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+
+class AugmentedDataset(_EpochSeeded):
+    def __init__(self, dataset: Dataset, transform: Optional[Callable[[Dict[str, Tensor]], Dict[str, Tensor]]], seed: int = 0,
+                 views: Optional[int] = None, view_seed: int = 0, copies: int = 1):
+        if int(copies) < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}")
+        super().__init__(dataset, seed)
+        self.transform = transform
+        self.copies = int(copies)
+        self.views = views
+        self.view_seed = view_seed
 
     def __getitem__(self, index: int) -> Dict[str, Tensor]:
         if self.views is not None:
@@ -99,7 +106,7 @@ class AugmentedDataset(Dataset):
             torch.default_generator.manual_seed(seed)
             return self.transform(sample)
 
-class SampleFieldsDataset(Dataset):
+class SampleFieldsDataset(_EpochSeeded):
     """Adds per-sample fields that methods declare (``Method.sample_fields``) to every sample.
 
     ``fields`` maps a batch key to ``fn(index, rng) -> Tensor``; ``rng`` is a
@@ -112,20 +119,10 @@ class SampleFieldsDataset(Dataset):
 
     def __init__(self, dataset: Dataset, fields: Dict[str, Callable[[int, "np.random.Generator"], Tensor]],
                  seed: int = 0):
-        self.dataset = dataset
+        super().__init__(dataset, seed)
         self.fields = dict(fields)
-        self.seed = seed
-        self.epoch = 0
         # a stable number per key (Python's str hash is salted per process: workers would disagree)
         self._keys = {k: int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in self.fields}
-        self.info = getattr(dataset, "info", None)
-        self.labels = getattr(dataset, "labels", None)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, index: int) -> Dict[str, Tensor]:
         sample = dict(self.dataset[index])

@@ -205,7 +205,7 @@ def test_every_test_sample_once_and_eval_reproduces_the_summary(launch):
     d, proc = launch
     summary = json.loads((d / "rng" / "summary.json").read_text())
     assert summary["evaluation"] == {"precision": "fp32", "channels_last": False, "device": "cpu", "processes": 2,
-                                     "samples": TEST, "batch_size": PER_RANK}
+                                     "split": "test", "samples": TEST, "batch_size": PER_RANK}
     last = {k: v for k, v in summary["last"].items() if k not in ("step", "epoch")}
     assert round(last["acc"] * TEST, 6) == round(last["acc"] * TEST)  # a count out of 33, not 34
     two = json.loads(proc.stdout[proc.stdout.index("{"):])

@@ -27,7 +27,8 @@ def test_regime_configs_train_on_exactly_the_stated_number_of_scenes():
     assert cfg["data"]["options"]["train_size"] - s["validation"] == 128
     terms = cfg["distill"]["terms"]
     assert [t["student"] for t in terms] == ["@stage:0", "@stage:1", "@stage:2"]
-    assert all(t["distance"] == "smooth_l1" and t["projector_options"] == {"orthogonal": True} for t in terms)
+    assert all(t["distance"] == "smooth_l1" and t["projector_options"] == {"orthogonal": True, "log_singular_values": 4}
+               and t["regressor_relu"] is False for t in terms)
     short = ctr.Regime("depth", 512, "dense_resnet_xs", length="short")
     assert ctr.epochs_of(short, s) == s["epochs"][512] // 4
 

@@ -91,13 +91,26 @@ def test_a_long_plot_title_stays_inside_the_figure(tmp_path, monkeypatch):
 
 
 def test_demo_prints_its_table_and_says_plainly_what_it_shows(tmp_path, monkeypatch, capsys):
-    from crossdistill.experiments import cross_task, quickstart
+    from crossdistill.experiments import cross_task_regimes, quickstart
 
-    tiny = dict(image_size=16, train_size=16, test_size=8, epochs=1, teacher_epochs=1,
-                student="dense_resnet_xs", teacher="dense_resnet_xs", batch_size=8, seeds=(0, 1))
-    monkeypatch.setitem(cross_task.SCALES, "quick", tiny)
+    tiny = dict(cross_task_regimes.SCALES["full"], image_size=16, validation=8, test_size=8, epochs={16: 1},
+                batch_size=8, teacher="dense_resnet_xs")
+    monkeypatch.setitem(cross_task_regimes.SCALES, "full", tiny)
+    monkeypatch.setattr(quickstart, "DEMO_REGIME", dict(task="segmentation", size=16, student="dense_resnet_xs"))
     quickstart.run_demo(tmp_path, quick=True, log=lambda *a: None)
     out = capsys.readouterr().out
-    assert "no distillation" in out and "NOT reproduced" in out and "docs/results.md" in out
+    assert "no distillation" in out and "random teacher: inverted" in out and "docs/results.md" in out
     assert quickstart.DEMO_NOTE in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.png").stat().st_size > 5000
+    # the demo's cells are the regime map's cells: the same configs, so the same runs
+    (cell,) = [c for c in quickstart.demo_cells((0,)) if c.col != "no distillation"]
+    term = cell.config["distill"]["terms"][0]
+    assert term["projector"] == "inverted" and term["weight"] == 1.0 and cell.config["teachers"]["default"]["random_init"]
+
+
+def test_the_demo_regime_is_a_cell_of_the_full_regime_map():
+    from crossdistill.experiments import cross_task_regimes as ctr, quickstart
+
+    s = ctr.SCALES["full"]
+    assert (quickstart.DEMO_REGIME["size"], quickstart.DEMO_REGIME["student"]) in s["map"]
+    assert quickstart.DEMO_REGIME["task"] in s["tasks"]

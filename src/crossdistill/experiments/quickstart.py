@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ..config import deep_merge
-from .grid import Cell, plot_results, run_grid, train_config, write_tables
+from .grid import Cell, Selection, plot_results, run_grid, train_config, write_tables
 
 SCALES: Dict[str, Dict[str, Any]] = {
     "quick": dict(train_size=2000, test_size=500, epochs=4, teacher_epochs=6, seeds=(0, 1, 2)),
@@ -55,29 +55,50 @@ def reproduce_quickstart(out: Path, quick: bool = False, seeds=None, log=print, 
 
 #: printed under the demo's table: what it shows, against the paper's claims (docs/results.md has the runs)
 DEMO_NOTE = """\
-What this shows (Learning to Project, Auty et al. 2024). The paper reports up to +1.9 % for the
-inverted projector over the standard one across tasks, and up to +7 % with a randomly initialised
-teacher. This demo trains a small depth student on built-in scenes with a segmentation teacher and a
-random teacher, through both projectors, and with the teacher-free regulariser (weights set a priori).
-At this scale the paper's gain is NOT reproduced: every column lies within the seed-to-seed spread of
-'no distillation'. The full study, with every weight selected on a validation split, over training-set
-sizes, student capacities, training lengths, loss placements and projector readings, found no regime
-where the inverted projector or a random teacher helps beyond noise: docs/results.md#cross-task-regimes.
+What this shows (Learning to Project, Auty et al. 2024). The paper reports up to +7 % from a randomly
+initialised teacher through its inverted projector (teacher -> student space). Our regime map
+(docs/results.md#cross-task-regimes: 24 regimes of data size, student capacity, training length,
+loss placement and projector reading, every weight chosen on a validation split, 3 seeds) found its
+clearest such gain in this regime: a segmentation student with 355 k parameters trained on 128
+scenes, distilled from a random network's encoder features through the inverted projector (weight 1,
+the one chosen on validation there): +0.018 mIoU (0.512 -> 0.531). It is one regime, not the rule:
+with the smallest student, more scenes or every encoder stage the random teacher gives nothing or
+hurts, and over the map the inverted projector is below the standard one more often than above it.
 """
+
+#: the regime of the map where the paper's random-teacher claim held best (docs/results.md#cross-task-regimes)
+DEMO_REGIME = dict(task="segmentation", size=128, student="dense_resnet_m")
+
+
+def demo_cells(seeds) -> list:
+    """No distillation vs a random teacher through the inverted projector, in :data:`DEMO_REGIME`,
+    configured exactly as the regime map's cells (``reproduce cross-task-regimes``)."""
+    from .cross_task_regimes import OTHER_TASK, SCALES, Regime, base_config, fitnet_terms
+    from ..data.scenes import NUM_SEG_CLASSES
+
+    s = SCALES["full"]
+    r = Regime(**DEMO_REGIME)
+    head = NUM_SEG_CLASSES if OTHER_TASK[r.task] == "segmentation" else 1
+    random_teacher = {"model": s["teacher"], "num_classes": head, "random_init": True, "seed": 7}
+    base = base_config(r, s)
+    distilled = deep_merge(base, {"teachers": {"default": random_teacher},
+                                  "distill": {"terms": fitnet_terms(r, "inverted")}})
+    return [Cell(r.label(s), "no distillation", base, "miou", True, seeds),
+            Cell(r.label(s), "random teacher: inverted", distilled, "miou", True, seeds)]
 
 
 def run_demo(out: Path, quick: bool = False, log=print) -> None:
-    """Cross-task distillation in a few minutes: a depth student with a segmentation teacher and a
-    random teacher, standard vs inverted projector, and the teacher-free regulariser — and a plain
-    statement of what the result does and does not show."""
-    from .cross_task import cells as cross_task_cells
+    """Learning to Project in about two minutes: the regime of our study where a random teacher
+    helped through the inverted projector, trained as the study trained it (the same split held out
+    for validation, the weight it chose), and a plain statement of what that does and does not show."""
+    from .cross_task_regimes import SCALES
 
-    grid = cross_task_cells(out, "quick", seeds=(0, 1) if quick else (0, 1, 2), tasks=("depth",), log=log)
-    results = run_grid(grid, out, log)
-    title = "Demo: depth student on built-in scenes, teacher trained on segmentation (small scale)"
+    grid = demo_cells((0, 1) if quick else (0, 1, 2))
+    results = run_grid(grid, out, log, Selection(factors=(1.0,), validation=SCALES["full"]["validation"]))
+    title = "Demo: a segmentation student from a random teacher, inverted projector (small scale)"
     md = write_tables(results, out, title) + "\n" + DEMO_NOTE
     (out / "results.md").write_text(md)
-    plot_results(results, out / "results.png", title, "δ<1.25 (higher is better)")
+    plot_results(results, out / "results.png", title, "mIoU (higher is better)")
     print()
     print(md)
     print(f"table: {out}/results.md  plot: {out}/results.png  runs: {out}/runs/")

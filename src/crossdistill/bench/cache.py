@@ -68,14 +68,13 @@ def _epoch(run, o: Dict[str, Any], device: torch.device) -> Callable[[], None]:
     epoch = [0]
 
     def run_epoch() -> None:
-        from ..engine.trainer import set_data_epoch
+        from ..engine.device import to_device
+        from ..engine.sampler import set_data_epoch
 
         set_data_epoch(run.train_set, epoch[0])
         epoch[0] += 1
         for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            if channels_last:
-                batch["input"] = batch["input"].contiguous(memory_format=torch.channels_last)
+            batch = to_device(batch, device, channels_last)  # as the trainer moves a batch
             opt.zero_grad(set_to_none=True)
             with autocast(device, dtype):
                 loss, _ = distiller(batch)

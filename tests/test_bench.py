@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from crossdistill import bench, cli
-from crossdistill.bench._common import interleave, quartiles, ratios, resolve_options
+from crossdistill.lab.bench._common import interleave, quartiles, ratios, resolve_options
 from crossdistill.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ TOY_MODEL = ["model=resnet8", "b=4", "size=16", "classes=5", "steps=1", "warmup=
 
 
 def test_one_file_per_benchmark_and_the_cli_lists_them():
-    files = {p.stem for p in (ROOT / "src/crossdistill/bench").glob("*.py") if not p.name.startswith("_")}
+    files = {p.stem for p in (ROOT / "src/crossdistill/lab/bench").glob("*.py") if not p.name.startswith("_")}
     assert set(bench.names()) == files >= {"crd", "amp", "regulariser", "overhead", "cache"}
     choices = next(a for a in cli.parser()._subparsers._group_actions[0].choices["bench"]._actions
                    if a.dest == "what").choices
@@ -75,7 +75,7 @@ def test_bench_amp_and_regulariser_write_their_tables(tmp_path):
 
 
 def test_bench_overhead_measures_every_registered_method_and_recipe(tmp_path, capsys):
-    from crossdistill.bench.overhead import rows
+    from crossdistill.lab.bench.overhead import rows
     from crossdistill.cli import RECIPES
     from crossdistill.methods import METHODS
 
@@ -106,7 +106,7 @@ def test_bench_overhead_measures_every_registered_method_and_recipe(tmp_path, ca
 
 def test_bench_overhead_runs_the_recipe_as_training_builds_it():
     """The bench takes a row's terms and options from the recipe (CRD+KD is two terms, K as given)."""
-    from crossdistill.bench.overhead import row_config
+    from crossdistill.lab.bench.overhead import row_config
 
     o = bench.options("overhead", {"k": 128})
     cfg = row_config(o, "crd_kd")
@@ -119,8 +119,8 @@ def test_bench_overhead_runs_the_recipe_as_training_builds_it():
 def test_bench_overhead_gives_crd_its_contrast_indices_in_the_batch_as_the_loader_does(monkeypatch):
     """CRD's negatives come with the batch (the loader's workers draw them), so the timed step never
     draws them: drawing on the spot is refused here."""
-    from crossdistill.bench.overhead import build_row, with_sample_fields
-    from crossdistill.bench._steps import random_batch
+    from crossdistill.lab.bench.overhead import build_row, with_sample_fields
+    from crossdistill.lab.bench._steps import random_batch
 
     o = bench.options("overhead", {"k": 16, "n": 200, "b": 4, "student": "resnet8", "teacher": "resnet14"})
     batch = random_batch(4, 32, o["classes"], seed=0, device=torch.device("cpu"), channels_last=False)
@@ -149,7 +149,7 @@ def test_bench_cli_errors_are_one_line():
 
 
 def test_benchmark_scripts_are_thin_wrappers(tmp_path):
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks/amp_bench.py"), *TOY_MODEL, f"out={tmp_path / 'a.json'}"],
+    res = subprocess.run([sys.executable, "-m", "crossdistill.lab.scripts.amp_bench", *TOY_MODEL, f"out={tmp_path / 'a.json'}"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "a.json").is_file() and "bf16 + channels_last" in res.stdout

@@ -413,7 +413,7 @@ def test_bench_crd_reports_ratio_equality_and_phases(tmp_path):
     import json
     import math
 
-    from crossdistill.bench import run_bench
+    from crossdistill.lab.bench import run_bench
 
     out = tmp_path / "crd.json"
     res = run_bench("crd", ["n=3000", "k=512", "b=8", "dim=16", "classes=10", "steps=2", "warmup=1",

@@ -595,7 +595,7 @@ def test_reproduce_dpk_teacher_size_writes_table_csv_plot_and_spearman(tmp_path,
     import json
 
     from crossdistill.cli import main
-    from crossdistill.experiments import dpk as experiment
+    from crossdistill.lab.reproduce import dpk as experiment
 
     tiny = dict(subset=48, epochs=1, teacher_epochs=1, teachers=("resnet8", "resnet14", "resnet20"), seeds=(0, 1),
                 batch_size=16, data_options={"image_size": 16}, train={"precision": "fp32", "threads": 1})
@@ -618,7 +618,7 @@ def test_reproduce_dpk_teacher_size_writes_table_csv_plot_and_spearman(tmp_path,
 
 
 def test_spearman_on_known_ranks():
-    from crossdistill.experiments.dpk import spearman
+    from crossdistill.lab.reproduce.dpk import spearman
 
     assert spearman([1, 2, 3, 4, 5], [10, 20, 30, 40, 50])[0] == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4, 5], [5, 4, 3, 2, 1])[0] == pytest.approx(-1.0)

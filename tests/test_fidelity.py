@@ -73,7 +73,7 @@ def test_cifar100_init_phase_learning_rates(pair, method, lr):
 
 
 def test_zoo_reproduction_uses_the_per_method_init_rates():
-    from crossdistill.experiments.zoo import INIT_PHASE_LR
+    from crossdistill.lab.reproduce.zoo import INIT_PHASE_LR
 
     assert INIT_PHASE_LR == {"ab": 0.05, "fsp": 0.05, "ft": 0.01}
 
@@ -110,7 +110,7 @@ def test_crd_nce_loss_small_hand_case():
 
 # -- 9.5 the differences table's measurements run, and vanish where the table says they do --------------
 def test_zoo_differences_measurements():
-    from crossdistill.experiments import zoo_differences as z
+    from crossdistill.lab.reproduce import zoo_differences as z
 
     spatial = z.spatial_resizing()
     assert spatial["equal sizes (the shipped pairs)"]["relative difference"] == 0.0
@@ -126,7 +126,7 @@ def test_zoo_differences_measurements():
 
 def test_zoo_reproduction_configs_carry_each_methods_init_rate(tmp_path, monkeypatch):
     """The cells `reproduce zoo` builds (no training here): init-phase rate per method, `only` filters."""
-    from crossdistill.experiments import zoo
+    from crossdistill.lab.reproduce import zoo
 
     captured = {}
 

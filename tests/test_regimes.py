@@ -2,9 +2,9 @@
 import csv
 import math
 
-from crossdistill.experiments import cross_task_regimes as ctr
-from crossdistill.experiments import teacher_free as tf
-from crossdistill.experiments.grid import Result
+from crossdistill.lab.reproduce import cross_task_regimes as ctr
+from crossdistill.lab.reproduce import teacher_free as tf
+from crossdistill.lab.reproduce.grid import Result
 
 
 def test_paired_delta_is_the_mean_and_standard_error_of_per_seed_differences():
@@ -77,7 +77,7 @@ def test_reproduce_teacher_free_quick_selects_each_column_on_validation(tmp_path
 def test_a_long_plot_title_stays_inside_the_figure(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
-    from crossdistill.experiments.grid import plot_results
+    from crossdistill.lab.reproduce.grid import plot_results
 
     kept = []
     monkeypatch.setattr(plt, "close", lambda fig: kept.append(fig))
@@ -91,7 +91,7 @@ def test_a_long_plot_title_stays_inside_the_figure(tmp_path, monkeypatch):
 
 
 def test_demo_prints_its_table_and_says_plainly_what_it_shows(tmp_path, monkeypatch, capsys):
-    from crossdistill.experiments import cross_task_regimes, quickstart
+    from crossdistill.lab.reproduce import cross_task_regimes, quickstart
 
     tiny = dict(cross_task_regimes.SCALES["full"], image_size=16, validation=8, test_size=8, epochs={16: 1},
                 batch_size=8, teacher="dense_resnet_xs")
@@ -109,7 +109,7 @@ def test_demo_prints_its_table_and_says_plainly_what_it_shows(tmp_path, monkeypa
 
 
 def test_the_demo_regime_is_a_cell_of_the_full_regime_map():
-    from crossdistill.experiments import cross_task_regimes as ctr, quickstart
+    from crossdistill.lab.reproduce import cross_task_regimes as ctr, quickstart
 
     s = ctr.SCALES["full"]
     assert (quickstart.DEMO_REGIME["size"], quickstart.DEMO_REGIME["student"]) in s["map"]

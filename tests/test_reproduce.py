@@ -2,7 +2,7 @@
 import csv
 
 from crossdistill.cli import main
-from crossdistill.experiments import cross_task
+from crossdistill.lab.reproduce import cross_task
 
 
 def test_reproduce_cross_task_writes_table_csv_and_plot(tmp_path, monkeypatch):
@@ -32,7 +32,7 @@ def test_a_changed_grid_never_reads_back_runs_of_the_old_config(tmp_path):
     import pytest
 
     from crossdistill.errors import ConfigError
-    from crossdistill.experiments.grid import train_config
+    from crossdistill.lab.reproduce.grid import train_config
 
     raw = {"data": {"name": "shapes", "batch_size": 8, "options": {"num_classes": 3, "image_size": 16,
                                                                   "train_size": 16, "test_size": 8}},

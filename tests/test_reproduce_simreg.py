@@ -5,7 +5,7 @@ import pytest
 
 from crossdistill.cli import main
 from crossdistill.errors import DataError
-from crossdistill.experiments import simreg
+from crossdistill.lab.reproduce import simreg
 
 
 def _have_fashion_mnist() -> bool:

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from crossdistill.experiments import grid
-from crossdistill.experiments.grid import Cell, Selection, pick_candidate, run_grid, weight_candidates, write_tables
+from crossdistill.lab.reproduce import grid
+from crossdistill.lab.reproduce.grid import Cell, Selection, pick_candidate, run_grid, weight_candidates, write_tables
 
 BASE = {"data": {"name": "shapes", "batch_size": 8, "augment": "none",
                  "options": {"num_classes": 3, "image_size": 16, "train_size": 24, "test_size": 8}},
@@ -111,7 +111,7 @@ def test_bad_selection_flags_are_one_line_errors(args, msg, capsys):
 
 def test_reproduce_cross_task_with_select_weight_end_to_end(tmp_path, monkeypatch):
     from crossdistill.cli import main
-    from crossdistill.experiments import cross_task
+    from crossdistill.lab.reproduce import cross_task
 
     tiny = dict(image_size=16, train_size=32, test_size=16, epochs=1, teacher_epochs=1,
                 student="dense_resnet_xs", teacher="dense_resnet_xs", batch_size=16, seeds=(0, 1))
@@ -130,7 +130,7 @@ def test_reproduce_cross_task_with_select_weight_end_to_end(tmp_path, monkeypatc
 
 
 def test_every_zoo_variant_gets_weight_candidates_around_its_reference_beta():
-    from crossdistill.experiments import zoo
+    from crossdistill.lab.reproduce import zoo
     from crossdistill.methods import METHODS
 
     from crossdistill.methods import build_method
@@ -155,7 +155,7 @@ def test_every_zoo_variant_gets_weight_candidates_around_its_reference_beta():
 
 def test_select_weight_on_a_reproduction_without_weights_is_one_clear_error(tmp_path):
     from crossdistill.errors import ConfigError
-    from crossdistill.experiments import reproduce
+    from crossdistill.lab.reproduce import reproduce
 
     for what in ("simreg", "dpk-teacher-size", "teacher-cache"):
         with pytest.raises(ConfigError, match=f"reproduce {what} has no loss weight to select.*zoo"):

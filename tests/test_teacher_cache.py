@@ -329,7 +329,7 @@ def test_reproduce_teacher_cache_at_toy_scale(tmp_path, monkeypatch):
 
     from crossdistill.cli import main
     from crossdistill.data import fashion_mnist
-    from crossdistill.experiments import teacher_cache as exp
+    from crossdistill.lab.reproduce import teacher_cache as exp
 
     folder = tmp_path / "data" / "fashion-mnist"
     folder.mkdir(parents=True)

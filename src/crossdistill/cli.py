@@ -1,4 +1,5 @@
-"""The command line: ``crossdistill train | eval | list | bench | reproduce | demo``.
+"""The command line: ``crossdistill train | eval | list``, and the commands other packages register
+(:mod:`crossdistill.commands`): the lab's ``bench | reproduce | demo``.
 
 Every user-caused problem ends in one line on stderr (``error: ...``) and a non-zero exit.
 """
@@ -12,7 +13,7 @@ from typing import List, Optional, Sequence
 
 from .config import RECIPES, list_configs
 from .errors import ConfigError, CrossDistillError, worker_error_line
-from .experiments import REPRODUCTIONS
+from .commands import COMMANDS, load_command_packages
 
 
 def find_config(name: str) -> Path:
@@ -111,40 +112,6 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from .bench import run_bench
-
-    run_bench(args.what, args.overrides, quick=args.quick)
-    return 0
-
-
-def cmd_reproduce(args) -> int:
-    from .experiments import reproduce
-
-    select = None
-    if args.select_weight is not None:
-        from .experiments.grid import Selection
-
-        select = Selection(factors=args.select_weight, validation=args.validation)
-    elif args.validation is not None:
-        raise ConfigError("--validation sets the split that --select-weight chooses on; add --select-weight")
-    reproduce(args.what, quick=args.quick, out=args.out, seeds=args.seeds, select=select)
-    return 0
-
-
-def cmd_demo(args) -> int:
-    from .experiments import demo
-
-    demo(out=args.out, quick=args.quick)
-    return 0
-
-
-def bench_names() -> List[str]:
-    from .bench import names
-
-    return names()
-
-
 EVAL_PROTOCOLS = """protocols:
   task    the student's output scored by its task's metric on the test split (accuracy, mIoU, ...)
   knn     k-NN on the frozen backbone's features: eval transform (no augmentation), the --feature
@@ -158,29 +125,6 @@ EVAL_PROTOCOLS = """protocols:
 knn and linear need a classification data set (training and test split with labels); both write
 their result into eval.json next to the checkpoint. They work for teachers and students alike,
 for every model of the registry."""
-
-
-def _factors(text: str):
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        values = ()
-    if not values or any(not v > 0 or v == float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of positive weight factors "
-                                         "such as 0.01,0.1,1,10")
-    return values
-
-
-def _validation(text: str):
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value >= 1 and value == int(value):
-        return int(value)
-    if 0 < value < 1:
-        return value
-    raise argparse.ArgumentTypeError(f"'{text}' is neither a count (≥ 1) nor a fraction in (0, 1)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -221,28 +165,9 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("model", nargs="?")
     ls.set_defaults(fn=cmd_list)
 
-    b = sub.add_parser("bench", help="speed/memory benchmarks, reported as ratios measured in one run")
-    b.add_argument("what", choices=bench_names() + ["all"])
-    b.add_argument("overrides", nargs="*", default=[], help="key=value, e.g. n=50000 k=16384")
-    b.add_argument("--quick", action="store_true")
-    b.set_defaults(fn=cmd_bench)
-
-    r = sub.add_parser("reproduce", help="run an experiment grid over seeds and write tables and plots")
-    r.add_argument("what", choices=list(REPRODUCTIONS))
-    r.add_argument("--quick", action="store_true")
-    r.add_argument("--seeds", type=int, default=None)
-    r.add_argument("--out", default=None)
-    r.add_argument("--select-weight", nargs="?", const="0.01,0.1,1,10", default=None, type=_factors,
-                   metavar="FACTORS", help="choose each variant's loss weight on a validation split: every "
-                   "term's weight times each factor (default 0.01,0.1,1,10); tables report the selected one")
-    r.add_argument("--validation", type=_validation, default=None,
-                   help="with --select-weight: held-out part of the training split, a count or a fraction (default 0.2)")
-    r.set_defaults(fn=cmd_reproduce)
-
-    d = sub.add_parser("demo", help="the main job: a quick cross-task distillation demo on built-in data")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--quick", action="store_true")
-    d.set_defaults(fn=cmd_demo)
+    load_command_packages()  # the lab's bench / reproduce / demo, and any plugin's commands
+    for _, add in COMMANDS.items():
+        add(sub)
     return p
 
 

@@ -1,0 +1,48 @@
+"""Reproductions and demos, run in-process over seeds; tables (Markdown, CSV) and plots (PNG)."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+from ...errors import ConfigError
+
+#: ``crossdistill reproduce <name>``: name → (module of this package, function); imported when run
+REPRODUCTIONS: Dict[str, Tuple[str, str]] = {
+    "quickstart": ("quickstart", "reproduce_quickstart"),
+    "cross-task": ("cross_task", "reproduce_cross_task"),
+    "cross-task-regimes": ("cross_task_regimes", "reproduce_cross_task_regimes"),
+    "teacher-free": ("teacher_free", "reproduce_teacher_free"),
+    "zoo": ("zoo", "reproduce_zoo"),
+    "ensemble": ("settings", "reproduce_ensemble"),
+    "cross-modal": ("settings", "reproduce_cross_modal"),
+    "teacher-cache": ("teacher_cache", "reproduce_teacher_cache"),
+    "dpk-teacher-size": ("dpk", "reproduce_dpk_teacher_size"),
+    "simreg": ("simreg", "reproduce_simreg"),
+}
+
+
+def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: Optional[int] = None,
+              select=None) -> None:
+    """``select``: a :class:`~crossdistill.lab.reproduce.grid.Selection` (``--select-weight``) or None."""
+    tag = ("-quick" if quick else "") + ("-select" if select is not None else "")
+    folder = Path(out or f"runs/reproduce/{what}{tag}")
+    seed_list = tuple(range(seeds)) if seeds else None
+    t0 = time.time()
+    module, name = REPRODUCTIONS[what]
+    fn = getattr(importlib.import_module(f".{module}", __name__), name)
+    if select is not None and "select" not in inspect.signature(fn).parameters:
+        choose = ", ".join(n for n, (m, f) in REPRODUCTIONS.items()
+                           if "select" in inspect.signature(getattr(importlib.import_module(f".{m}", __name__), f)).parameters)
+        raise ConfigError(f"reproduce {what} has no loss weight to select (--select-weight); it works with: {choose}")
+    md = fn(folder, quick=quick, seeds=seed_list, **({"select": select} if select is not None else {}))
+    print(md)
+    print(f"wrote {folder}/results.md, results.csv, results.png in {time.time() - t0:.0f}s")
+
+
+def demo(out: str = "runs/demo", quick: bool = False) -> None:
+    from .quickstart import run_demo
+
+    run_demo(Path(out), quick=quick)

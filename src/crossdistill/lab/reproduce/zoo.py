@@ -1,0 +1,92 @@
+"""``crossdistill reproduce zoo``: every distiller on real offline data (Fashion-MNIST).
+
+One teacher is trained once; then a small student is distilled with each method over seeds, with
+the RepDistiller weights (``loss = γ·CE + α·KD + β·L``, docs/zoo.md). Small-scale changes, all
+listed in the table's note: few epochs, AB/FT/FSP init phases of 1 epoch instead of 30, CRD with
+``nce_k`` 4096 negatives (the training subset is far smaller than CIFAR's 50 000 images).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+from ...config import deep_merge
+from .grid import Cell, plot_results, run_grid, train_config, write_tables
+
+SCALES: Dict[str, Dict[str, Any]] = {
+    "quick": dict(subset=2000, epochs=2, teacher_epochs=4, init_epochs=1, nce_k=1024, seeds=(0, 1, 2)),
+    # sized to finish in about an hour on a 2-core CPU (docs/results.md has the timing)
+    "full": dict(subset=8000, epochs=4, teacher_epochs=8, init_epochs=1, nce_k=4096, seeds=(0, 1, 2)),
+}
+TEACHER, STUDENT = "resnet32", "resnet8"
+
+# method → (its term options, task weight γ); α·KD terms are spelled out as their own term
+METHODS: Dict[str, List[Dict[str, Any]]] = {
+    "KD": [{"method": "kd", "weight": 0.9, "T": 4}],
+    "FitNet": [{"method": "fitnet", "weight": 100}],
+    "AT": [{"method": "at"}], "SP": [{"method": "sp"}], "CC": [{"method": "cc"}], "VID": [{"method": "vid"}],
+    "RKD": [{"method": "rkd"}], "PKT": [{"method": "pkt"}], "AB": [{"method": "ab"}], "FT": [{"method": "ft"}],
+    "FSP": [{"method": "fsp"}], "NST": [{"method": "nst"}], "CRD": [{"method": "crd"}],
+    "CRD+KD": [{"method": "crd"}, {"method": "kd", "weight": 1.0, "T": 4}],
+}
+TASK_WEIGHT = {"KD": 0.1}
+# the init phase's learning rate per method, as RepDistiller: 0.05 for AB and FSP, 0.01 for FT
+INIT_PHASE_LR = {"ab": 0.05, "ft": 0.01, "fsp": 0.05}
+
+
+def base_config(s: Dict[str, Any], model: str, epochs: int) -> Dict[str, Any]:
+    """A Fashion-MNIST classification run at 32 px (padded), SGD + cosine, as the zoo and the teacher
+    cache reproductions train it; ``s`` gives the subset."""
+    return {
+        "task": "classification",
+        "data": {"name": "fashion_mnist", "batch_size": 64, "augment": "crop_flip",
+                 "options": {"subset": s["subset"], "pad_to": 32}},
+        "student": {"name": model},
+        "train": {"epochs": epochs, "optimizer": {"name": "sgd", "lr": 0.05, "weight_decay": 5e-4},
+                  "schedule": {"name": "cosine"}, "progress": False},
+    }
+
+
+def _terms(name: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
+    terms = []
+    for t in METHODS[name]:
+        t = dict(t)
+        if t["method"] in INIT_PHASE_LR:
+            t["init_epochs"] = s["init_epochs"]
+        if t["method"] == "crd":
+            t["nce_k"] = s["nce_k"]
+        terms.append(t)
+    return terms
+
+
+def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print, only=None, select=None) -> str:
+    """``only``: the method columns to run (e.g. ``["FitNet", "AB"]``; the student always runs), to
+    refresh some rows of a table; default all. ``select``: choose each weight on validation (``--select-weight``)."""
+    s = SCALES["quick" if quick else "full"]
+    seeds = tuple(seeds or s["seeds"])
+    teacher_dir = out / "teacher"
+    log(f"teacher: {TEACHER} on Fashion-MNIST")
+    train_config(deep_merge(base_config(s, TEACHER, s["teacher_epochs"]), {"seed": 1000}), teacher_dir, log)
+    base = base_config(s, STUDENT, s["epochs"])
+    row = f"{TEACHER} → {STUDENT}"
+    cells = [Cell(row, "student", base, "acc", True, seeds)]
+    teacher = {"default": {"checkpoint": str(teacher_dir / "student.pt")}}
+    for name in METHODS:
+        if only is not None and name not in only:
+            continue
+        cfg = deep_merge(base, {"teachers": teacher,
+                                "distill": {"task_weight": TASK_WEIGHT.get(name, 1.0), "terms": _terms(name, s)}})
+        phase_lr = {INIT_PHASE_LR[t["method"]] for t in METHODS[name] if t["method"] in INIT_PHASE_LR}
+        if phase_lr:
+            cfg = deep_merge(cfg, {"train": {"phase_lr": {"init": phase_lr.pop()}}})
+        cells.append(Cell(row, name, cfg, "acc", True, seeds))
+    results = run_grid(cells, out, log, select)
+    title = f"Distiller zoo on Fashion-MNIST ({'quick' if quick else 'full'} scale: {s['subset']} training images, {s['epochs']} epochs)"
+    md = write_tables(results, out, title, scale=100.0, transpose=True)
+    t_acc = json.loads((teacher_dir / "summary.json").read_text())["last"]["acc"] * 100
+    md += (f"\nTop-1 test accuracy (%) on the first {min(s['subset'], 10000)} Fashion-MNIST test images. Teacher {TEACHER}: {t_acc:.2f} %. "
+           f"AB/FT/FSP init phase {s['init_epochs']} epoch(s); CRD nce_k={s['nce_k']}.\n")
+    (out / "results.md").write_text(md)
+    plot_results(results, out / "results.png", title, "test accuracy (%)", scale=100.0)
+    return md

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from crossdistill import bench, cli
+from crossdistill import cli
+from crossdistill.lab import bench
 from crossdistill.lab.bench._common import interleave, quartiles, ratios, resolve_options
 from crossdistill.errors import ConfigError
 

@@ -9,15 +9,17 @@ the method's own signature (names and types) at load time too.
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, ValidationError
 
 from .errors import ConfigError, did_you_mean
+from .methods import METHODS
+from .options import _options_model, options_model, validate_options  # noqa: F401 (re-exported)
+from .tasks import TASKS
 
 
 #: a batch field holding an augmented copy of the image: input, input_1, input_2, ...
@@ -89,6 +91,14 @@ class TeacherConfig(Strict):
 class TermConfig(BaseModel):
     model_config = ConfigDict(extra="allow")  # the rest are the method's own options
     method: str
+    # (given options, their checked values): the options are checked once, when the config is parsed
+    _checked: Optional[tuple] = PrivateAttr(default=None)
+
+    def checked_options(self) -> Optional[Dict[str, Any]]:
+        """The method's options as :func:`parse_config` checked them, or None if they changed since."""
+        if self._checked is None or self._checked[0] != dict(self.model_extra or {}):
+            return None
+        return dict(self._checked[1])
 
 
 class DistillConfig(Strict):
@@ -355,8 +365,6 @@ def check_teachers(cfg: Config) -> None:
 
 
 def check_task_options(cfg: Config) -> None:
-    from .tasks import TASKS
-
     try:
         cls = TASKS.get(cfg.task)
     except ConfigError as e:
@@ -368,63 +376,13 @@ def check_task_options(cfg: Config) -> None:
 
 
 def check_terms(cfg: Config) -> None:
-    from .methods import METHODS
-
     for i, term in enumerate(cfg.distill.terms):
         try:
             cls = METHODS.get(term.method)
         except ConfigError as e:
             raise ConfigError(f"distill.terms.{i}.method: {e}") from None
-        validate_options(cls, dict(term.model_extra or {}), f"distill.terms.{i} ({term.method})")
-
-
-# ---------------------------------------------------------------------------------------------
-_SIGNATURE_CACHE: Dict[type, type[BaseModel]] = {}
-
-
-def _options_model(cls: type) -> type[BaseModel]:
-    """A pydantic model of the keyword options accepted by ``cls.__init__`` along its MRO."""
-    if cls in _SIGNATURE_CACHE:
-        return _SIGNATURE_CACHE[cls]
-    fields: Dict[str, Any] = {}
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        init = inspect.unwrap(init)  # methods wrap __init__ to validate their options
-        sig = inspect.signature(init)
-        hints = inspect.get_annotations(init, eval_str=True)
-        more = False
-        for name, p in sig.parameters.items():
-            if name == "self" or p.kind == p.VAR_POSITIONAL:
-                continue
-            if p.kind == p.VAR_KEYWORD:
-                more = True
-                continue
-            if name not in fields:
-                default = ... if p.default is p.empty else p.default
-                fields[name] = (hints.get(name, Any), default)
-        if not more:
-            break
-    model = create_model(f"{cls.__name__}Options", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields)
-    _SIGNATURE_CACHE[cls] = model
-    return model
-
-
-def validate_options(cls: type, options: Mapping[str, Any], where: str) -> Dict[str, Any]:
-    """Check option names and types against ``cls.__init__``; return the validated options."""
-    model = _options_model(cls)
-    try:
-        parsed = model.model_validate(dict(options))
-    except ValidationError as err:
-        e = err.errors()[0]
-        key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            raise ConfigError(f"{where}: unknown option '{key}': {did_you_mean(key, model.model_fields)}") from None
-        if e["type"] == "missing":
-            raise ConfigError(f"{where}: option '{key}' is required") from None
-        raise ConfigError(f"{where}: bad value for '{key}' ({e.get('input')!r}): {e['msg']}") from None
-    return {k: getattr(parsed, k) for k in options}
+        given = dict(term.model_extra or {})
+        term._checked = (copy.deepcopy(given), validate_options(cls, given, f"distill.terms.{i} ({term.method})"))
 
 
 #: The built-in recipes (``crossdistill list configs``); files starting with "_" are shared bases.

@@ -13,7 +13,8 @@ ever names a registered method.
 import importlib
 import os
 import pkgutil
-from typing import List
+from importlib.metadata import entry_points
+from typing import Any, Dict, List
 
 from ..errors import ConfigError
 from .base import (
@@ -41,7 +42,7 @@ for _cls in METHODS.registered().values():  # before any plugin: only what this 
 PLUGIN_GROUP = "crossdistill.methods"
 PLUGIN_ENV = "CROSSDISTILL_PLUGINS"
 
-__all__ = ["METHODS", "TARGET", "DataSetup", "InitPhase", "Method", "build_method", "check_pairs",
+__all__ = ["METHODS", "TARGET", "DataSetup", "InitPhase", "Method", "build_checked_method", "build_method", "check_pairs",
            "load_plugins", "register_method", "student_body_parameters", "sum_over_pairs", *BUILTIN]
 
 
@@ -54,8 +55,6 @@ def load_plugins(names=None) -> List[str]:
     under the entry point's name. Loading an entry point runs its package's code: that is why it is
     opt-in.
     """
-    from importlib.metadata import entry_points
-
     if names is None:
         names = os.environ.get(PLUGIN_ENV, "")
     if isinstance(names, str):
@@ -83,7 +82,20 @@ def load_plugins(names=None) -> List[str]:
     return added
 
 
+METHODS.plugin_loader = load_plugins
+
+
 def build_method(name: str, **options) -> Method:
     """Create a registered method from config options (names, types and ranges are checked)."""
     return METHODS.get(name)(**options)
+
+
+def build_checked_method(name: str, options: Dict[str, Any]) -> Method:
+    """Create a registered method from options already checked against its signature (a parsed
+    config's term, :meth:`TermConfig.checked_options`): they are not checked a second time."""
+    cls = METHODS.get(name)
+    method = cls.__new__(cls)
+    object.__setattr__(method, "_options_checked", True)  # what the checking __init__ wrapper looks for
+    method.__init__(**options)
+    return method
 

@@ -41,6 +41,7 @@ from pydantic import Field
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..options import validate_options
 from ..registry import Registry
 from ..taps import unwrap
 
@@ -83,8 +84,6 @@ def _validated_init(init: Callable) -> Callable:
         if self.__dict__.get("_options_checked"):
             return init(self, *args, **kwargs)
         object.__setattr__(self, "_options_checked", True)
-        from ..config import validate_options
-
         cls = type(self)
         if args:  # positional options: name them from the signature
             params = [p for p in inspect.signature(cls.__init__).parameters.values()
@@ -231,15 +230,15 @@ class MethodRegistry(Registry):
     def __init__(self, kind: str):
         super().__init__(kind)
         self._plugins_loaded = False
+        # set by the package (crossdistill.methods.load_plugins), which imports this module: no import back
+        self.plugin_loader: Optional[Callable[[], object]] = None
 
     def _load_plugins(self) -> None:
-        if self._plugins_loaded:
+        if self._plugins_loaded or self.plugin_loader is None:
             return
         self._plugins_loaded = True
         try:
-            from . import load_plugins
-
-            load_plugins()
+            self.plugin_loader()
         except Exception:
             self._plugins_loaded = False
             raise

@@ -23,6 +23,7 @@ from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
 from .base import Task, _check_target, register_task
+from .knn import knn_predict
 
 MONITOR_K = 20
 
@@ -44,8 +45,6 @@ class LeaveOneOutKnn(Metric):
         self.labels.append(labels.detach().long().flatten())
 
     def compute(self) -> Tensor:
-        from ..engine.representation import knn_predict
-
         feats = torch.cat(self.feats) if isinstance(self.feats, list) else self.feats
         labels = torch.cat(self.labels) if isinstance(self.labels, list) else self.labels
         n = feats.shape[0]

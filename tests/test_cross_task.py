@@ -123,7 +123,7 @@ def test_cross_task_teacher_from_checkpoint_uses_its_encoder(tmp_path):
     student = create_model("dense_resnet_xs", num_classes=1)
     d = Distiller(student, teacher, [build_method("fitnet", student="@encoder", teacher="@encoder", projector="inverted")],
                   task=create_task("depth"), example_input=scene_batch()["input"])
-    assert d._t_paths[0] == ["encoder.stage3"]
+    assert d.plans[0].teacher_paths == {"default": ["encoder.stage3"]}
     loss, _ = d(scene_batch())
     assert torch.isfinite(loss)
 

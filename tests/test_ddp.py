@@ -199,7 +199,7 @@ def _initial_student(cfg: Path) -> dict:
 def test_every_test_sample_once_and_eval_reproduces_the_summary(launch):
     """33 test samples on 2 ranks: 17 + 16, none padded; `crossdistill eval` on 2 processes (in the
     launch) and on 1 (here) gives the metrics of summary.json exactly."""
-    from crossdistill.engine.evaluate import evaluate_checkpoint
+    from crossdistill.commands.evaluate import evaluate_checkpoint
 
     register_test_models()
     d, proc = launch
@@ -273,7 +273,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         loss.backward()
         grad = student.layer1[0].weight.grad.clone()
         torch.save({"parts": {k: v.item() for k, v in parts.items()}, "grad": grad,
-                    "paths": d._s_paths}, f"{out}/rank{rank}.pt")
+                    "paths": [plan.student_paths for plan in d.plans]}, f"{out}/rank{rank}.pt")
         dist.barrier()  # leave together: gloo can abort a rank whose peer tears down first
     finally:
         dist.destroy_process_group()

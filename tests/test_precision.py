@@ -177,9 +177,9 @@ def test_a_term_region_hands_its_gradient_back_in_its_own_dtype_and_layout():
     must come back channels_last and bf16, or its BatchNorm's backward runs ~10x slower on CPU."""
     import contextlib
 
-    from crossdistill.distiller import _TermAutocast
+    from crossdistill.precision import TermAutocast
 
-    regions = _TermAutocast()
+    regions = TermAutocast()
     regions.state = ("cpu", BF16)
     regions._open.append(contextlib.nullcontext())  # as the forward pre-hook leaves it
     leaf = torch.randn(2, 4, 3, 3).to(BF16).to(memory_format=torch.channels_last).requires_grad_()

@@ -162,7 +162,7 @@ def test_eval_knn_and_linear_write_eval_json(student_ckpt, tmp_path):
     assert 0 <= record["knn"]["knn_k1"] <= 1 and record["knn"]["train_size"] == 48 and record["knn"]["test_size"] == 24
     assert json.loads(r.stdout)["linear"] == record["linear"]["linear"]
     # the same numbers from the Python function (no file written)
-    from crossdistill.engine.representation import evaluate_representation
+    from crossdistill.commands.representation import evaluate_representation
 
     again = evaluate_representation(str(folder / "student.pt"), "knn", ks=(1, 5), write=False)
     assert again["knn_k1"] == record["knn"]["knn_k1"]
@@ -216,7 +216,7 @@ def test_eval_bad_input_is_one_line_nonzero_exit_and_nothing_written(student_ckp
 
 def test_eval_protocols_refuse_a_student_with_non_finite_weights(student_ckpt, tmp_path):
     """As `eval` does for the task metric: a diverged student gets no k-NN or probe score."""
-    from crossdistill.engine.representation import evaluate_representation
+    from crossdistill.commands.representation import evaluate_representation
     from crossdistill.errors import CheckpointError
 
     student = torch.load(student_ckpt / "student.pt", weights_only=True)

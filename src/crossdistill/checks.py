@@ -4,39 +4,46 @@ Used by the :class:`~crossdistill.distiller.Distiller` (Python API) and by ``bui
 from __future__ import annotations
 
 import numbers
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .errors import ConfigError, DataError, ShapeError
+from .errors import CheckpointError, ConfigError, DataError, ShapeError
+from .taps import unwrap
 
 
 def check_module(obj: Any, arg: str) -> nn.Module:
     if not isinstance(obj, nn.Module):
-        raise ConfigError(f"{arg} must be a torch.nn.Module, not {type(obj).__name__} ({_short(obj)})")
+        raise ConfigError(f"{arg} must be a torch.nn.Module, not {type(obj).__name__} ({short_repr(obj)})")
     return obj
 
 
-def check_terms(terms: Any) -> list:
-    from .methods.base import Method
+def check_teachers(teachers: Any) -> Dict[str, nn.Module]:
+    """The Distiller's teachers as a dict: ``None`` (none), one module (``default``), or a mapping."""
+    if teachers is None:
+        return {}
+    if isinstance(teachers, nn.Module):
+        return {"default": teachers}
+    if not isinstance(teachers, Mapping):
+        check_module(teachers, "teachers")
+    return {n: check_module(t, f"teachers['{n}']") for n, t in teachers.items()}
 
-    if isinstance(terms, (str, bytes, Method)) or not isinstance(terms, Sequence):
-        raise ConfigError(f"terms must be a list of methods, e.g. [KD(T=4)], not {type(terms).__name__} "
-                          f"({_short(terms)})")
-    for i, term in enumerate(terms):
-        if isinstance(term, str):
-            raise ConfigError(f"terms[{i}] is the name '{term}', not a method; build it first: "
-                              f"build_method('{term}') or its class (e.g. KD(T=4))")
-        if not isinstance(term, Method):
-            raise ConfigError(f"terms[{i}] must be a Method (e.g. KD(T=4)), not {type(term).__name__}")
-    return list(terms)
+
+def check_state_keys(own: set, state_dict: Mapping[str, Any]) -> None:
+    """A training state must hold exactly the Distiller's own entries (student, terms; no teachers)."""
+    missing, unexpected = sorted(own - set(state_dict)), sorted(set(state_dict) - own)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint does not match this distiller: missing {missing[:5]}, unexpected {unexpected[:5]}; "
+            "was it written by a run with another model or method config, or by an older crossdistill "
+            "(AB's connectors were stored differently before)? Resume with the config and version that wrote it")
 
 
 def check_weight(value: Any, arg: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{arg} must be a number, not {type(value).__name__} ({_short(value)})")
+        raise ConfigError(f"{arg} must be a number, not {type(value).__name__} ({short_repr(value)})")
     value = float(value)
     if not value == value or value in (float("inf"), float("-inf")) or value < 0:
         raise ConfigError(f"{arg} must be a finite number >= 0, got {value}")
@@ -56,8 +63,6 @@ def expected_input_channels(model: nn.Module) -> Optional[int]:
 def check_input_channels(model: nn.Module, x: Tensor, role: str, view_key: str = "an input view") -> None:
     want = expected_input_channels(model)
     if want is not None and x.dim() >= 2 and int(x.shape[1]) != want:
-        from .taps import unwrap
-
         raise ShapeError(f"{role} ({type(unwrap(model)).__name__}) reads {want} input channel(s) but is given "
                          f"{int(x.shape[1])} (input {tuple(x.shape)}); give it data with {want} channel(s) or an "
                          f"input view that makes them ({view_key}=... in a config, input_transforms= in Python)")
@@ -108,6 +113,6 @@ def _first_line(e: BaseException) -> str:
     return line if len(line) <= 120 else line[:117] + "..."
 
 
-def _short(obj: Any) -> str:
+def short_repr(obj: Any) -> str:
     text = repr(obj)
     return text if len(text) <= 40 else text[:37] + "..."

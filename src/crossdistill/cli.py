@@ -51,7 +51,7 @@ def cmd_eval(args) -> int:
     from .engine.distributed import distributed, world_info
     if args.protocol != "task":
         return cmd_eval_representation(args)
-    from .engine.evaluate import evaluate_checkpoint
+    from .commands.evaluate import evaluate_checkpoint
 
     with distributed():
         result = evaluate_checkpoint(args.checkpoint, args.overrides, precision=args.precision, device=args.device)
@@ -62,7 +62,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_eval_representation(args) -> int:
-    from .engine.representation import evaluate_representation
+    from .commands.representation import evaluate_representation
 
     result = evaluate_representation(args.checkpoint, args.protocol, args.overrides, ks=args.k, feature=args.feature)
     scores = {k: v for k, v in result.items() if isinstance(v, float)}

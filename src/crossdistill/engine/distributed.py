@@ -10,6 +10,8 @@ from typing import List
 import torch
 import torch.distributed as dist
 
+from ..phases import MAIN
+
 
 @contextlib.contextmanager
 def distributed():
@@ -70,8 +72,6 @@ def wrap_ddp(distiller, device: torch.device) -> torch.nn.parallel.DistributedDa
     """The Distiller under DDP. Buffers are not re-broadcast at each forward: BatchNorm statistics
     stay per rank (rank 0's are saved), and method state such as CRD's memory banks is kept
     identical by the methods themselves (gathered updates), which a broadcast would only repeat."""
-    from ..distiller import MAIN
-
     # Parameters that get no gradient in some step — those of a method's extra phase (e.g. FT's
     # paraphraser, fixed in the main phase), or of a term inactive in the main phase — need DDP's
     # unused-parameter search; without them the search costs a graph traversal per step and a warning.

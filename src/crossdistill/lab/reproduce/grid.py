@@ -11,7 +11,7 @@ terms is trained once per candidate — each term's weight times each factor (``
 default {0.01, 0.1, 1, 10}), or the cell's own ``candidates`` — over all its seeds; the candidate
 with the best validation metric (mean over seeds; a candidate with diverged seeds ranks after
 those without) is selected, and only then are *the same trained students* of the selected
-candidate scored on the test split with :func:`crossdistill.engine.evaluate.evaluate_checkpoint`.
+candidate scored on the test split with :func:`crossdistill.commands.evaluate.evaluate_checkpoint`.
 Cells without terms (no distillation) train once per seed on the same reduced split, so every
 column sees the same training data. The tables show the selected weight; ``selection.csv`` lists
 every candidate's validation score.
@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ...commands import evaluate as evaluation
 from ...config import deep_merge, parse_config
 from ...errors import ConfigError, NonFiniteLossError
 
@@ -205,12 +206,11 @@ def pick_candidate(validation: Dict[str, Tuple[float, float, int]], higher_is_be
 
 def test_metrics(student: Path, log=print) -> Dict[str, float]:
     """The test-split metrics of an exported student (cached next to it as ``test_metrics.json``)."""
-    from ...engine.evaluate import evaluate_checkpoint
 
     cache = student.parent / "test_metrics.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    result = evaluate_checkpoint(str(student))
+    result = evaluation.evaluate_checkpoint(str(student))  # by module: tests replace it
     cache.write_text(json.dumps(result, indent=2))
     return result
 

@@ -99,7 +99,7 @@ def student_cells(s: Dict[str, Any], teachers: Dict[str, str]) -> List[Tuple[str
 
 def evaluate_run(folder: Path, probe_epochs: int = 100, overrides: Sequence[str] = ()) -> Dict[str, float]:
     """k-NN (k = 1, 20) and linear probe of ``folder/student.pt``; read back from eval.json when done."""
-    from ...engine.representation import evaluate_representation
+    from ...commands.representation import evaluate_representation
 
     path = folder / "eval.json"
     held = json.loads(path.read_text()) if path.is_file() else {}

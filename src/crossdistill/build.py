@@ -1,6 +1,9 @@
 """Build everything a run needs from a validated :class:`~crossdistill.config.Config`.
 
-Kept apart from the trainer so that the same objects serve the CLI, tests and user scripts.
+Two steps: :func:`build_run` makes the parts (data, task, networks, terms: a :class:`Run`, with no
+effect on disk), :func:`start_run` finishes them for training in a folder (device and precision,
+the folder's lock, the resume decision, the teacher cache, loaders, the optimiser factory: a
+:class:`~crossdistill.engine.run.TrainingRun`). The trainer only loops over what it is given.
 """
 from __future__ import annotations
 
@@ -8,25 +11,35 @@ import functools
 import importlib
 import json
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .checks import check_student_output
-from .config import Config, DataConfig, TeacherConfig, recipe_writing
+from .config import Config, DataConfig, TeacherConfig, TermConfig, recipe_writing
 from .data import IndexedDataset, create_dataset
 from .data.transforms import build_eval_transform, build_train_transform
 from .data.seeded import AugmentedDataset, SampleFieldsDataset, copy_field
 from .data.wrappers import SubsetDataset, validation_split
 from .distiller import Distiller
 from .engine.checkpoint import load_checkpoint, load_into, load_state_dict_file, student_state
+from .engine.device import Precision, pick_channels_last, pick_precision
+from .engine.evaluate import eval_loader
+from .engine.resume import check_same_config, check_same_data, check_same_world, data_identity
+from .engine.run import TrainingRun
+from .engine.run_folder import CHECKPOINT, FolderLock, check_new_run, load_resume_checkpoint, prepare
+from .engine.sampler import EpochSampler
+from .teacher_cache import cached_training_set
 from .errors import CheckpointError, ConfigError
-from .methods import DataSetup, build_method
+from .methods import DataSetup, Method, build_checked_method, build_method
 from .models import create_model
-from .tasks import Task, create_task
+from .tasks import TASKS, Task, create_task
 from .views import VIEW_CHANNELS, VIEWS
 
 
@@ -39,6 +52,10 @@ class Run:
     distiller: Distiller
     model_spec: Dict[str, Any]
     eval_split: str = "test"  # "validation" when data.validation holds out part of the training split
+
+    def start(self, output_dir: Optional[str] = None, resume: bool = False) -> TrainingRun:
+        """This run finished for training in ``output_dir`` (default ``cfg.output_dir``): :func:`start_run`."""
+        return start_run(self, output_dir, resume)
 
 
 @functools.lru_cache(maxsize=8)
@@ -90,8 +107,6 @@ def task_classes(task_name: str, info) -> Optional[int]:
 
 
 def build_task(name: str, info, options: Optional[Dict[str, Any]] = None) -> Task:
-    from .tasks import TASKS
-
     key = getattr(TASKS.get(name), "target_key", "")
     if key and info.fields and key not in info.fields:
         raise ConfigError(f"task '{name}' needs the dataset field '{key}', but the dataset gives only "
@@ -187,7 +202,7 @@ def build_distiller(cfg: Config, info, task: Task, example: torch.Tensor, num_sa
         torch.manual_seed(cfg.seed)
         student, spec = build_student(cfg, task, info.in_channels)
         teachers = {n: build_teacher(n, t, info.in_channels, allow_imports) for n, t in cfg.teachers.items()}
-        terms = [build_method(term.method, **dict(term.model_extra or {})) for term in cfg.distill.terms]
+        terms = [build_term(term) for term in cfg.distill.terms]
         views = {n: VIEWS[t.input] for n, t in cfg.teachers.items() if t.input != "identity"}
         if cfg.distill.student_input != "identity":
             views["student"] = VIEWS[cfg.distill.student_input]
@@ -208,6 +223,14 @@ def build_distiller(cfg: Config, info, task: Task, example: torch.Tensor, num_sa
     return distiller, spec
 
 
+def build_term(term: TermConfig) -> Method:
+    """A term of the config as a method; options that parsing checked are not checked again."""
+    checked = term.checked_options()
+    if checked is not None:
+        return build_checked_method(term.method, checked)
+    return build_method(term.method, **dict(term.model_extra or {}))
+
+
 def build_run(cfg: Config, allow_imports: bool = False) -> Run:
     train, held_out, info, eval_split = build_data(cfg)
     task = build_task(cfg.task, info, cfg.task_options)
@@ -224,3 +247,83 @@ def with_sample_fields(train: Dataset, distiller: Distiller, seed: int) -> Datas
     """The training set with the per-sample fields the methods declare (computed in loader workers)."""
     fields = distiller.sample_fields()
     return SampleFieldsDataset(train, fields, seed=seed) if fields else train
+
+
+def start_run(run: Run, output_dir: Optional[str] = None, resume: bool = False) -> TrainingRun:
+    """Finish ``run`` for training in ``output_dir`` (default ``cfg.output_dir``): the networks on
+    their device, the folder locked (rank 0) and checked (a new run must not overwrite an old one;
+    ``resume``: the checkpoint loaded and checked against this run), the teacher cache opened or
+    filled, the loaders and the optimiser factory. Every check that can fail does so before anything
+    is written to the folder; on failure the lock is released. ``run`` itself is not changed."""
+    cfg, tc = run.cfg, run.cfg.train
+    out = Path(output_dir or cfg.output_dir)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    precision = Precision.pick(tc.device, tc.precision, tc.channels_last)
+    device = precision.device
+    eval_dtype = pick_precision(tc.eval_precision, device)
+    eval_precision = Precision(device, eval_dtype, pick_channels_last(None, device, eval_dtype))
+    distiller = run.distiller.to(device)
+    if precision.channels_last:
+        distiller.student.to(memory_format=torch.channels_last)
+    if tc.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+    if tc.compile:
+        distiller.student.compile()
+    identity = data_identity(run.train_set, run.eval_set)
+    # one run per folder, and every check that can fail before anything is written to it
+    lock = FolderLock(out)
+    if rank == 0:
+        lock.acquire()
+    try:
+        if rank == 0 and not resume:
+            check_new_run(out)
+        resume_state = resume_checkpoint(out, cfg, world, identity) if resume else None
+        if rank == 0:
+            prepare(out)
+        # the teacher cache (if configured) is opened or filled now, and then feeds the loader
+        log = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 and tc.progress else None
+        train_set, cache_info = cached_training_set(run, device, precision.dtype, precision.channels_last, rank, world,
+                                                    out, log=log)
+    except BaseException:
+        lock.release()
+        raise
+    sampler = EpochSampler(len(train_set), cfg.seed, True, rank, world)
+    # the loaders draw their worker base seed from their own generator, never from the global RNG
+    # (a fresh iterator per epoch, or after a resume, must not shift the global random stream)
+    generator = torch.Generator()
+    train_loader = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler,
+                              num_workers=cfg.data.num_workers, drop_last=False, persistent_workers=False,
+                              pin_memory=device.type == "cuda", generator=generator)
+    evaluation = eval_loader(run.eval_set, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.num_workers,
+                             rank, world)
+    return TrainingRun(run, out, rank, world, precision, eval_precision, lock, resume_state, train_set, cache_info,
+                       identity, sampler, generator, train_loader, evaluation, optimizer_factory(distiller, cfg))
+
+
+def resume_checkpoint(out: Path, cfg: Config, world: int, identity: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The checkpoint in ``out`` to resume from, checked against this run (None: nothing to resume)."""
+    ckpt = load_resume_checkpoint(out)
+    if ckpt is not None:
+        path = out / CHECKPOINT
+        check_same_config(ckpt, cfg, path)
+        check_same_world(ckpt, world, path)
+        check_same_data(ckpt, identity, path)
+    return ckpt
+
+
+def optimizer_factory(distiller: Distiller, cfg: Config) -> Callable[[str], torch.optim.Optimizer]:
+    """Phase name → a fresh optimiser over that phase's trainable parameters (``train.optimizer``)."""
+    o = cfg.train.optimizer
+
+    def make(phase: str) -> torch.optim.Optimizer:
+        # parameter groups: a parameter with its own weight-decay hint (a projector option) gets its own
+        params = distiller.parameter_groups(phase, o.weight_decay)
+        if not params:
+            raise ConfigError(f"phase '{phase}' has no trainable parameters")
+        if o.name == "sgd":
+            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                   nesterov=o.nesterov)
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+
+    return make

@@ -11,9 +11,18 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .config import RECIPES, list_configs
-from .errors import ConfigError, CrossDistillError, worker_error_line
+from .build import build_run, start_run
 from .commands import COMMANDS, load_command_packages
+from .commands.evaluate import evaluate_checkpoint
+from .commands.representation import evaluate_representation
+from .config import RECIPES, list_configs, load_config
+from .data import list_datasets
+from .engine.distributed import distributed, world_info
+from .engine.trainer import Trainer
+from .errors import ConfigError, CrossDistillError, worker_error_line
+from .methods import METHODS
+from .models import create_model, list_models
+from .tasks import TASKS
 
 
 def find_config(name: str) -> Path:
@@ -28,15 +37,10 @@ def find_config(name: str) -> Path:
 
 
 def cmd_train(args) -> int:
-    from .build import build_run
-    from .config import load_config
-    from .engine.distributed import distributed, world_info
-    from .engine.trainer import Trainer
-
     cfg = load_config(find_config(args.config), args.overrides)
     with distributed():
-        run = build_run(cfg, allow_imports=args.allow_imports)
-        summary = Trainer(run, resume=args.resume).fit()
+        run = start_run(build_run(cfg, allow_imports=args.allow_imports), resume=args.resume)
+        summary = Trainer(run).fit()
         rank, _ = world_info()
     best, last = summary["best"], summary["last"]
     m = summary["primary_metric"]
@@ -48,10 +52,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .engine.distributed import distributed, world_info
     if args.protocol != "task":
         return cmd_eval_representation(args)
-    from .commands.evaluate import evaluate_checkpoint
 
     with distributed():
         result = evaluate_checkpoint(args.checkpoint, args.overrides, precision=args.precision, device=args.device)
@@ -62,8 +64,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_eval_representation(args) -> int:
-    from .commands.representation import evaluate_representation
-
     result = evaluate_representation(args.checkpoint, args.protocol, args.overrides, ks=args.k, feature=args.feature)
     scores = {k: v for k, v in result.items() if isinstance(v, float)}
     print(json.dumps(result, indent=2) if args.json else "  ".join(f"{k}={v:.4f}" for k, v in scores.items()))
@@ -73,31 +73,22 @@ def cmd_eval_representation(args) -> int:
 def cmd_list(args) -> int:
     what = args.what
     if what == "methods":
-        from .methods import METHODS
-
         for name in METHODS.names():
             cls = METHODS.get(name)
             # the class's own docstring where it has one (several methods in a file), else the file's
             doc = (cls.__dict__.get("__doc__") or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
             print(f"{name:14s} {doc[0] if doc else ''}")
     elif what == "models":
-        from .models import list_models
-
         print("\n".join(list_models()))
     elif what == "datasets":
-        from .data import list_datasets
-
         print("\n".join(list_datasets()))
     elif what == "tasks":
-        from .tasks import TASKS
-
         print("\n".join(TASKS.names()))
     elif what == "configs":
         print("\n".join(list_configs()))
     elif what == "layers":
         if not args.model:
             raise ConfigError("`crossdistill list layers MODEL` needs a model name")
-        from .models import create_model
 
         model = create_model(args.model, num_classes=10)
         tagged = {p: tag for tag, ps in (("stage", getattr(model, "feature_layers", ())),

@@ -44,8 +44,11 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .distiller import OUTPUT, teacher_key
+from .sides import teacher_key
+from .taps import OUTPUT
 from .errors import ConfigError, DataError
+from .data.seeded import AugmentedDataset
+from .engine.checkpoint import atomic_write_text
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -75,8 +78,6 @@ def _innermost(ds: Any) -> Any:
 
 
 def _augmented(ds: Any):
-    from .data.seeded import AugmentedDataset
-
     while ds is not None and not isinstance(ds, AugmentedDataset):
         ds = getattr(ds, "dataset", None)
     return ds
@@ -309,12 +310,20 @@ def _fill(run, store: _Store, device, amp_dtype, channels_last, rank: int, world
 
 def attach(run, device: torch.device, amp_dtype: Optional[torch.dtype], channels_last: bool = False,
            rank: int = 0, world: int = 1, output_dir: Optional[Path] = None, log=None) -> Dict[str, Any]:
-    """Open (or build, or finish filling) the run's teacher cache and put it in front of the
-    training set (``run.train_set`` is replaced). Returns what it did: folder, bytes on disk, samples
-    filled by this process and the fill time."""
+    """:func:`cached_training_set`, put in front of the run's training set (``run.train_set`` is
+    replaced); returns what it did."""
+    run.train_set, info = cached_training_set(run, device, amp_dtype, channels_last, rank, world, output_dir, log)
+    return info
+
+
+def cached_training_set(run, device: torch.device, amp_dtype: Optional[torch.dtype], channels_last: bool = False,
+                        rank: int = 0, world: int = 1, output_dir: Optional[Path] = None, log=None):
+    """Open (or build, or finish filling) the run's teacher cache: ``(training set that reads it,
+    info)`` — info says what it did: folder, bytes on disk, samples filled by this process and the
+    fill time. Without ``teacher_cache`` in the config: ``(run.train_set, {})``. The run is unchanged."""
     tc = run.cfg.teacher_cache
     if tc is None:
-        return {}
+        return run.train_set, {}
     if not run.distiller.teacher_reads():
         raise ConfigError("teacher_cache is set but no term reads a teacher: remove teacher_cache, or add a term "
                           "that distils from a teacher")
@@ -343,13 +352,13 @@ def attach(run, device: torch.device, amp_dtype: Optional[torch.dtype], channels
     finally:
         run.distiller.train(was_training)
     store = _Store(folder, manifest)
-    run.train_set = CachedTeacherDataset(run.train_set, store)
+    cached = CachedTeacherDataset(run.train_set, store)
     info = {"dir": str(folder), "bytes": store.size_bytes(), "filled_samples": filled, "fill_seconds": seconds,
             "samples": manifest["data"]["size"], "views": tc.views}
     if log and rank == 0 and filled:
         log(f"teacher cache: filled {filled} samples × {tc.views} views in {seconds:.1f} s; "
             f"{info['bytes'] / 2**20:.1f} MiB in {folder}")
-    return info
+    return cached, info
 
 
 def _read_manifest(folder: Path) -> Dict[str, Any]:
@@ -360,8 +369,6 @@ def _read_manifest(folder: Path) -> Dict[str, Any]:
 
 
 def _write_manifest(folder: Path, manifest: Dict[str, Any]) -> None:
-    from .engine.checkpoint import atomic_write_text
-
     atomic_write_text(json.dumps(manifest, indent=1, sort_keys=True), folder / MANIFEST)
 
 

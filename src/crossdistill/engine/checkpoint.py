@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Callable, Dict, List
 import torch
 
 from ..errors import CheckpointError
+import shutil
 
 FORMAT = "crossdistill-checkpoint"
 VERSION = 1
@@ -112,7 +113,6 @@ def _keep_as(path: Path, previous: Path) -> None:
     try:
         os.link(path, link)
     except OSError:  # no hard links on this file system: a plain copy
-        import shutil
 
         shutil.copyfile(path, link)
     os.replace(link, previous)

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Mapping
 import torch
 
 from .checkpoint import FORMAT, VERSION, atomic_save
+from ..taps import unwrap
 
 
 def non_finite(state: Mapping[str, Any]) -> List[str]:
@@ -26,8 +27,6 @@ def export_student(path: Path, student: torch.nn.Module, spec: Dict[str, Any], m
                    evaluation: Dict[str, Any] | None = None) -> None:
     """The student alone: weights + how to rebuild it. No teacher, projector or optimiser.
     The caller checks :func:`non_finite` first (a NaN student is never exported)."""
-    from ..taps import unwrap
-
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(student).state_dict().items()}
     obj = {"format": FORMAT, "version": VERSION, "kind": "student", "model_spec": spec,
            "student": state, "metrics": metrics}

@@ -40,6 +40,9 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ConfigError, DataError
 from ..tasks.knn import knn_predict  # noqa: F401 (the protocol's vote; re-exported)
 from ..projectors import pool_to_vector
+from ..taps import FeatureTap
+from ..sides import resolve_side
+from ..taps import resolve
 
 PROTOCOLS = ("knn", "linear")
 EVAL_FILE = "eval.json"
@@ -62,8 +65,6 @@ def extract(model: nn.Module, dataset: Dataset, feature: str = "@pooled",
             view: Optional[Callable[[Tensor], Tensor]] = None, batch_size: int = 256,
             device: Optional[torch.device] = None) -> Tuple[Tensor, Optional[Tensor]]:
     """``(features [N, D], labels [N] or None)`` of ``dataset`` through the frozen ``model``."""
-    from ..taps import FeatureTap
-
     path = resolve_feature(model, feature)
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -88,9 +89,6 @@ def extract(model: nn.Module, dataset: Dataset, feature: str = "@pooled",
 
 def resolve_feature(model: nn.Module, feature: str) -> str:
     """One module path for ``feature`` (an alias such as ``@pooled`` or a path), or a clear error."""
-    from ..distiller import resolve_side
-    from ..taps import resolve
-
     try:
         paths = resolve_side(model, feature, "the model")
     except ConfigError as e:

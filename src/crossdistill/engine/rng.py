@@ -10,14 +10,13 @@ from typing import Any, Dict, List
 
 import torch
 import torch.distributed as dist
+import numpy as np
 
 
 def rng_state() -> Dict[str, Any]:
     """Every global RNG of this process, as tensors and plain values (weights_only-loadable)."""
     np_state = None
     try:
-        import numpy as np
-
         name, keys, pos, has_gauss, gauss = np.random.get_state()
         np_state = {"name": name, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
                     "has_gauss": int(has_gauss), "gauss": float(gauss)}
@@ -36,8 +35,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
     if state.get("numpy") is not None:
-        import numpy as np
-
         n = state["numpy"]
         np.random.set_state((n["name"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
 
@@ -57,8 +54,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     try:
-        import numpy as np
-
         np.random.seed(seed % 2**32)
     except ImportError:
         pass

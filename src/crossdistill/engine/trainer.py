@@ -4,7 +4,10 @@ Phases declared by the methods (e.g. AB/FT/FSP initialisation) run first, then `
 phase gets its own optimiser over ``distiller.trainable_parameters(phase)``. Everything that
 decides the next step — weights, optimiser, AMP scaler, every rank's RNG, phase/epoch/step
 position, metric history — goes into an atomic checkpoint, so a killed run resumes to the same
-final weights. The pieces live beside it: device and precision (``device.py``), data order
+final weights. It builds nothing and never changes the run it is given: the builder
+(:func:`crossdistill.build.start_run`) hands it a :class:`~crossdistill.engine.run.TrainingRun` with
+the folder locked, the resume decision taken, the teacher cache attached, the loaders and the
+optimiser factory. The pieces live beside it: device and precision (``device.py``), data order
 (``sampler.py``), random streams (``rng.py``), what a resume must match (``resume.py``), the run
 folder and its lock (``run_folder.py``), the evaluation loop (``evaluate.py``) and the export
 (``export.py``).
@@ -21,24 +24,21 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from ..build import Run
 from ..config import dump_config
-from ..distiller import MAIN
-from ..errors import CheckpointError, ConfigError, Interrupted
+from ..phases import MAIN
+from ..errors import CheckpointError, Interrupted
 from .checkpoint import FORMAT, VERSION, atomic_save, atomic_write_text
-from .device import Precision, pick_channels_last, pick_precision, to_device
+from .device import to_device
 from .distributed import wrap_ddp
-from .evaluate import eval_loader, evaluate
+from .evaluate import evaluate
 from .export import export_student
 from .logging import MetricLog
 from .nonfinite import NonFiniteGuard
-from .resume import check_same_config, check_same_data, check_same_world, data_identity
 from .rng import rng_states_of_all_ranks, seed_everything, set_rng_state
-from .run_folder import (CHECKPOINT, PREVIOUS, STUDENT, SUMMARY, FolderLock, check_new_run,
-                         load_resume_checkpoint, prepare, write_config)
-from .sampler import EpochSampler, set_data_epoch
+from .run import TrainingRun
+from .run_folder import CHECKPOINT, PREVIOUS, STUDENT, SUMMARY, write_config
+from .sampler import set_data_epoch
 from .schedule import lr_factor
 
 
@@ -51,76 +51,36 @@ class Position:
 
 
 class Trainer:
-    def __init__(self, run: Run, output_dir: Optional[str] = None, resume: bool = False):
-        self.run, self.cfg = run, run.cfg
+    """The loop over a :class:`TrainingRun` (:func:`crossdistill.build.start_run`); given a
+    :class:`crossdistill.build.Run` instead, it asks the run to start itself (``run.start``)."""
+
+    def __init__(self, run, output_dir: Optional[str] = None, resume: bool = False):
+        ready: TrainingRun = run if isinstance(run, TrainingRun) else run.start(output_dir, resume)
+        self.ready, self.run, self.cfg = ready, ready.run, ready.cfg
         self.tc = self.cfg.train
-        self.out = Path(output_dir or self.cfg.output_dir)
-        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.rank = dist.get_rank() if self.world > 1 else 0
+        self.out, self.world, self.rank = ready.out, ready.world, ready.rank
         self.is_main = self.rank == 0
-        self.precision = Precision.pick(self.tc.device, self.tc.precision, self.tc.channels_last)
+        self.precision, self.eval_precision = ready.precision, ready.eval_precision
         self.device = self.precision.device
-        eval_dtype = pick_precision(self.tc.eval_precision, self.device)
-        self.eval_precision = Precision(self.device, eval_dtype, pick_channels_last(None, self.device, eval_dtype))
-        self.distiller = run.distiller.to(self.device)
-        if self.precision.channels_last:
-            self.distiller.student.to(memory_format=torch.channels_last)
-        if self.tc.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=False)
-        if self.tc.compile:
-            self.distiller.student.compile()
+        self.distiller = ready.run.distiller
         self.phases = self.distiller.phases() + [(MAIN, self.tc.epochs)]
         self.pos = Position()
         self.history: List[Dict[str, Any]] = []
         self.saved_step: Optional[int] = None  # global step of the last checkpoint written
         self.guard = NonFiniteGuard(self.tc.nonfinite, self.world, self.device, self._kept)
-        self.data_identity = data_identity(run.train_set, run.eval_set)
-        # one run per folder, and every check that can fail before anything is written to it
-        self.lock = FolderLock(self.out)
-        if self.is_main:
-            self.lock.acquire()
-        try:
-            if self.is_main and not resume:
-                check_new_run(self.out)
-            self._resume_state = self._load_resume() if resume else None
-            if self.is_main:
-                prepare(self.out)
-        except BaseException:
-            self.lock.release()
-            raise
+        self.lock, self.data_identity, self.cache_info = ready.lock, ready.data_identity, ready.cache_info
+        self._resume_state = ready.resume_state
         if self._resume_state is not None:
             self.saved_step = int(self._resume_state["position"]["global_step"])
         # TensorBoard hides events from the first step this process will (re)write
         start = self.saved_step + 1 if self.saved_step is not None else 0
         self.log = MetricLog(self.out, enabled=self.is_main, purge_step=start)
-        # the teacher cache (if configured) is opened or filled now, and then feeds the loader
-        from ..teacher_cache import attach
-
-        self.cache_info = attach(run, self.device, self.precision.dtype, self.precision.channels_last, self.rank, self.world, self.out,
-                                 log=(lambda m: print(m, file=sys.stderr, flush=True)) if self.is_main and self.tc.progress else None)
-        self.sampler = EpochSampler(len(run.train_set), self.cfg.seed, True, self.rank, self.world)
-        # the loaders draw their worker base seed from their own generator, never from the global RNG
-        # (a fresh iterator per epoch, or after a resume, must not shift the global random stream)
-        self._loader_gen = torch.Generator()
-        self.train_loader = DataLoader(run.train_set, batch_size=self.cfg.data.batch_size, sampler=self.sampler,
-                                       num_workers=self.cfg.data.num_workers, drop_last=False,
-                                       persistent_workers=False, pin_memory=self.device.type == "cuda",
-                                       generator=self._loader_gen)
-        self.eval_loader = eval_loader(run.eval_set, self.cfg.data.eval_batch_size or self.cfg.data.batch_size,
-                                       self.cfg.data.num_workers, self.rank, self.world)
+        self.sampler, self._loader_gen = ready.sampler, ready.loader_generator
+        self.train_loader, self.eval_loader = ready.train_loader, ready.eval_loader
         self.optimizer = self._optimizer(self.phases[0][0])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.dtype == torch.float16)
 
     # -- resume ---------------------------------------------------------------------------------
-    def _load_resume(self) -> Optional[Dict[str, Any]]:
-        ckpt = load_resume_checkpoint(self.out)
-        if ckpt is not None:
-            path = self.out / CHECKPOINT
-            check_same_config(ckpt, self.cfg, path)
-            check_same_world(ckpt, self.world, path)
-            check_same_data(ckpt, self.data_identity, path)
-        return ckpt
-
     def _restore(self, ckpt: Dict[str, Any]) -> None:
         where = self.out / CHECKPOINT
         try:
@@ -173,14 +133,7 @@ class Trainer:
 
     # -- optimisation --------------------------------------------------------------------------
     def _optimizer(self, phase: str) -> torch.optim.Optimizer:
-        o = self.tc.optimizer
-        # parameter groups: a parameter with its own weight-decay hint (a projector option) gets its own
-        params = self.distiller.parameter_groups(phase, o.weight_decay)
-        if not params:
-            raise ConfigError(f"phase '{phase}' has no trainable parameters")
-        if o.name == "sgd":
-            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
-        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        return self.ready.make_optimizer(phase)
 
     def _set_lr(self, phase: str, epochs: int, progress: float) -> float:
         if phase == MAIN:
@@ -270,7 +223,7 @@ class Trainer:
         self.distiller.train()
         if phase == MAIN:
             self.distiller.on_epoch_start(self.pos.epoch, epochs)
-        set_data_epoch(self.run.train_set, self.pos.epoch)
+        set_data_epoch(self.ready.train_set, self.pos.epoch)
         bs = self.cfg.data.batch_size
         self.sampler.set_epoch(self.pos.epoch, start=self.pos.step * bs)
         self._loader_gen.manual_seed(self.cfg.seed * 100_003 + self.pos.epoch)

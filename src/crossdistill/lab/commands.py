@@ -8,6 +8,7 @@ from ..commands import register_command
 from ..errors import ConfigError
 from .bench import names as bench_names, run_bench
 from .reproduce import REPRODUCTIONS, demo, reproduce
+from .reproduce.grid import Selection
 
 
 def cmd_bench(args) -> int:
@@ -18,8 +19,6 @@ def cmd_bench(args) -> int:
 def cmd_reproduce(args) -> int:
     select = None
     if args.select_weight is not None:
-        from .reproduce.grid import Selection  # the grid imports the trainer: only when a weight is selected
-
         select = Selection(factors=args.select_weight, validation=args.validation)
     elif args.validation is not None:
         raise ConfigError("--validation sets the split that --select-weight chooses on; add --select-weight")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ShapeError
+from ..matmul import matmul_nt
 
 
 def _check_scores(name: str, x: Tensor) -> int:
@@ -191,8 +192,6 @@ def crd_dense_logits(anchors: Sequence[Tensor], banks: Sequence[Tensor], idx: Te
     """``[S, B, K+1]`` logits ``⟨banks[s][idx[b, k]], anchors[s][b]⟩ / T`` without gathering a row:
     every bank row is scored with one GEMM per side (``[B, n]``), then the sampled ones are picked.
     Each picked entry is the dot product a row gather computes (no gradient: see :func:`crd_dense_grad`)."""
-    from ..matmul import matmul_nt
-
     out = torch.empty((len(anchors),) + tuple(idx.shape), device=idx.device, dtype=torch.float32)
     for side, (v, bank) in enumerate(zip(anchors, banks)):
         torch.gather(matmul_nt(v / T, bank), 1, idx, out=out[side])  # 1/T folded into the anchor
@@ -204,8 +203,6 @@ def crd_dense_grad(g: Tensor, idx: Tensor, banks: Sequence[Tensor], T: float) ->
     """``∂L/∂anchor`` of each side from ``g = ∂L/∂logits [S, B, K+1]``:
     ``∂L/∂v[b] = Σ_k g[b, k] · bank[idx[b, k]] / T``, as one scatter into ``[S, B, n]`` (repeated
     indices add up, as a gather's backward accumulates them) and one GEMM per side."""
-    from ..matmul import matmul_nt
-
     n = banks[0].shape[0]
     G = torch.zeros((g.shape[0], idx.shape[0], n), device=idx.device).scatter_add_(2, idx.expand_as(g), g)
     return [matmul_nt(G[side], bank.T).div_(T) for side, bank in enumerate(banks)]

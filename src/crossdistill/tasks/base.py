@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Registry
+from ..errors import DataError
 
 
 class Task:
@@ -59,8 +60,6 @@ def create_task(name: str, num_classes: int | None = None, **options) -> Task:
 
 
 def _check_target(batch: Dict[str, Tensor], key: str, task: str) -> Tensor:
-    from ..errors import DataError
-
     if key not in batch:
         raise DataError(
             f"task '{task}' needs the batch field '{key}', but the dataset gives only "

@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..errors import ConfigError
 from .base import Task, _check_target, register_task
+from ..checks import check_class_targets
 
 
 def metrics_device(metrics):
@@ -46,8 +47,6 @@ class ClassificationTask(Task):
         try:
             return F.cross_entropy(output.float(), label, label_smoothing=self.label_smoothing)
         except (IndexError, RuntimeError):
-            from ..checks import check_class_targets
-
             check_class_targets(label, self.num_classes, self.target_key, self.name)
             raise
 

@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 from ..errors import ConfigError
 from .base import Task, _check_target, register_task
 from .classification import metrics_device
+from ..checks import check_class_targets
 
 IGNORE_INDEX = 255
 
@@ -53,8 +54,6 @@ class SegmentationTask(Task):
         try:
             return F.cross_entropy(logits, mask, ignore_index=IGNORE_INDEX)
         except (IndexError, RuntimeError):
-            from ..checks import check_class_targets
-
             check_class_targets(mask, self.num_classes, "mask", self.name, ignore=IGNORE_INDEX)
             raise
 

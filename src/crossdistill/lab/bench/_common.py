@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import torch
 
 from ...errors import ConfigError, did_you_mean
+import yaml
 
 #: integer options that may be 0 (warm-up rounds, seeds, data-loader workers); the others must be >= 1
 MAY_BE_ZERO = {"warmup", "seed", "workers"}
@@ -35,8 +36,6 @@ MAY_BE_ZERO = {"warmup", "seed", "workers"}
 
 def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
     """``["n=5000", "memory=false"]`` → ``{"n": 5000, "memory": False}`` (values parsed as YAML)."""
-    import yaml
-
     opts: Dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:

@@ -13,6 +13,7 @@ import torch
 
 from ._common import interleave, machine, pick_device, summarise, table, write_json
 from ._steps import PRECISIONS, random_batch, supervised_step
+from ...models import create_model
 
 DEFAULTS: Dict[str, Any] = {"model": "resnet8x4", "b": 64, "size": 32, "classes": 100, "steps": 8, "warmup": 2,
                             "device": "auto", "out": "runs/bench/amp.json"}
@@ -21,8 +22,6 @@ CHOICES = {"device": ("auto", "cpu", "cuda")}
 
 
 def run(o: Dict[str, Any], print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
-    from ...models import create_model
-
     dev = pick_device(o["device"])
     variants = {}
     for name, (dtype, channels_last) in PRECISIONS.items():

@@ -25,6 +25,11 @@ from torch.utils.data import DataLoader
 
 from ._common import interleave, machine, pick_device, ratios, summarise, table, write_json
 from ._steps import PRECISIONS, autocast, sgd
+from ...config import load_config
+from ...engine.device import to_device
+from ...engine.sampler import set_data_epoch
+from ...build import build_run
+from ...teacher_cache import attach
 
 DEFAULTS: Dict[str, Any] = {
     "student": "resnet8x4", "teacher": "resnet32x4", "method": "kd", "n": 1024, "b": 64, "size": 32,
@@ -37,8 +42,6 @@ STUDENT, LIVE, CACHED = "student only", "live teacher", "warm cache"
 
 
 def _config(o: Dict[str, Any], variant: str, folder: Path):
-    from ...config import load_config
-
     raw: Dict[str, Any] = {
         "seed": o["seed"], "output_dir": str(folder / "run"),
         "data": {"name": "shapes", "batch_size": o["b"], "augment": "crop_flip",
@@ -68,9 +71,6 @@ def _epoch(run, o: Dict[str, Any], device: torch.device) -> Callable[[], None]:
     epoch = [0]
 
     def run_epoch() -> None:
-        from ...engine.device import to_device
-        from ...engine.sampler import set_data_epoch
-
         set_data_epoch(run.train_set, epoch[0])
         epoch[0] += 1
         for batch in loader:
@@ -85,9 +85,6 @@ def _epoch(run, o: Dict[str, Any], device: torch.device) -> Callable[[], None]:
 
 
 def run(o: Dict[str, Any], print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
-    from ...build import build_run
-    from ...teacher_cache import attach
-
     device = pick_device(o["device"])
     o = {**o, "device": device.type}
     work = Path(tempfile.mkdtemp(prefix="crossdistill-bench-cache-"))

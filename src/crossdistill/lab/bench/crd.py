@@ -22,6 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from ._common import Lap, in_fresh_process, interleave, machine, peak_mib, pick_device, summarise, table, write_json
+from ...methods.crd_memory import ContrastMemory
+from ...methods.crd_sampler import NegativeSampler
+from ...losses import crd_loss_from_logits
+from ...losses import crd_dense_grad, crd_dense_logits, crd_nce_terms
+from ...matmul import matmul_nt
 
 DEFAULTS: Dict[str, Any] = {
     "n": 50000, "k": 16384, "b": 64, "dim": 128, "classes": 100, "t": 0.07, "m": 0.5,
@@ -39,9 +44,6 @@ class _CRDState:
     """Banks, sampler and anchors for one implementation (everything a step touches)."""
 
     def __init__(self, o: Dict[str, Any], impl: str):
-        from ...methods.crd_memory import ContrastMemory
-        from ...methods.crd_sampler import NegativeSampler
-
         dev = torch.device(o["device"])
         g = torch.Generator().manual_seed(o["seed"])
         self.impl = impl
@@ -77,8 +79,6 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _float64_reference(st: "_CRDState", index, v_s, v_t, contrast_idx):
     """Loss and embedding gradients in float64 from the state before the step (the ground truth)."""
-    from ...losses import crd_loss_from_logits
-
     mem, T = st.memory, st.o["t"]
     a, b = v_s.detach().double().requires_grad_(), v_t.detach().double().requires_grad_()
     l_s = torch.gather(a @ mem.bank_t.double().T, 1, contrast_idx) / T
@@ -135,9 +135,6 @@ def _breakdown(o: Dict[str, Any]) -> Dict[str, float]:
     are arithmetic that any exact float32 dense step must do, so ``gather / gemms`` bounds the
     speed-up reachable on this machine without giving up float32 or the reference's sampling.
     """
-    from ...losses import crd_dense_grad, crd_dense_logits, crd_nce_terms
-    from ...matmul import matmul_nt
-
     st = _CRDState(o, "dense")
     mem, dev = st.memory, st.dev
     laps: Dict[str, List[float]] = {}

@@ -36,6 +36,15 @@ import torch
 from ._common import (in_fresh_process, interleave, machine, peak_mib, pick_device, ratios, summarise, table,
                       write_json)
 from ._steps import PRECISIONS, distiller_step, random_batch, supervised_step, teacher_student_step
+from ...config import RECIPES
+from ...methods import METHODS
+from ...config import load_config, read_yaml
+from ...options import options_model
+from ...data.registry import DatasetInfo
+from ...build import build_distiller, build_task
+import numpy as np
+from ...errors import CrossDistillError
+from ...models import create_model
 
 DEFAULTS: Dict[str, Any] = {
     "student": "resnet8x4", "teacher": "resnet32x4", "b": 64, "size": 32, "classes": 100,
@@ -53,15 +62,11 @@ STUDENT, STUDENT_TEACHER = "student step", "student step + teacher forward"
 # ------------------------------------------------------------------------------ what is measured
 
 def _recipe_dir(o: Dict[str, Any]) -> Path:
-    from ...config import RECIPES
-
     return RECIPES / o["recipes"]
 
 
 def rows(o: Dict[str, Any]) -> List[str]:
     """Every registered method and every recipe of the reference pair, or the ``methods`` list."""
-    from ...methods import METHODS
-
     if o["methods"] != "all":
         return [m.strip() for m in str(o["methods"]).split(",") if m.strip()]
     recipes = {p.stem for p in _recipe_dir(o).glob("*.yaml") if not p.name.startswith("_")}
@@ -71,8 +76,6 @@ def rows(o: Dict[str, Any]) -> List[str]:
 def row_config(o: Dict[str, Any], row: str):
     """The row's recipe (or the pair's base with the method at its defaults), with a random teacher
     of the benchmark's architecture and the benchmark's student, K and seed."""
-    from ...config import load_config, read_yaml
-
     folder = _recipe_dir(o)
     recipe = folder / f"{row}.yaml"
     raw = read_yaml(recipe if recipe.is_file() else folder / "_base.yaml")
@@ -88,15 +91,10 @@ def row_config(o: Dict[str, Any], row: str):
 
 
 def _accepts(method: str, option: str) -> bool:
-    from ...config import _options_model
-    from ...methods import METHODS
-
-    return method in METHODS and option in _options_model(METHODS.get(method)).model_fields
+    return method in METHODS and option in options_model(METHODS.get(method)).model_fields
 
 
 def _info(o: Dict[str, Any]):
-    from ...data.registry import DatasetInfo
-
     return DatasetInfo(num_classes=o["classes"], in_channels=3, image_size=(o["size"], o["size"]),
                        fields=("input", "label"))
 
@@ -104,8 +102,6 @@ def _info(o: Dict[str, Any]):
 def build_row(o: Dict[str, Any], row: str, batch, device: torch.device, channels_last: bool):
     """The row's Distiller as ``crossdistill train`` builds it, on ``device``, for a data set of
     ``n`` samples with balanced random labels."""
-    from ...build import build_distiller, build_task
-
     cfg = row_config(o, row)
     info = _info(o)
     g = torch.Generator().manual_seed(o["seed"])
@@ -121,8 +117,6 @@ def build_row(o: Dict[str, Any], row: str, batch, device: torch.device, channels
 def with_sample_fields(distiller, batch: Dict[str, Any], seed: int) -> Dict[str, Any]:
     """``batch`` with the per-sample fields the row's methods declare (CRD's contrast indices), drawn
     once beforehand: in training the loader's workers draw them, off the timed step."""
-    import numpy as np
-
     fields = distiller.sample_fields()
     if not fields:
         return batch
@@ -138,9 +132,6 @@ def _reads_teacher(distiller, phase: str) -> bool:
 
 def variants(o: Dict[str, Any], mode: str, device: torch.device):
     """``{name: step}``, ``{row name: baseline name}``, the rows that read a teacher, and skipped rows."""
-    from ...errors import CrossDistillError
-    from ...models import create_model
-
     dtype, channels_last = PRECISIONS[mode]
     if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
         dtype = torch.float16

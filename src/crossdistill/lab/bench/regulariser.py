@@ -13,6 +13,10 @@ import torch
 
 from ._common import interleave, machine, pick_device, ratios, summarise, table, write_json
 from ._steps import PRECISIONS, distiller_step, random_batch, supervised_step
+from ...distiller import Distiller
+from ...methods import build_method
+from ...models import create_model
+from ...tasks import create_task
 
 DEFAULTS: Dict[str, Any] = {"model": "resnet8x4", "b": 64, "size": 32, "classes": 100, "steps": 8, "warmup": 2,
                             "side": "@stage:-1", "kind": "tail_energy", "max_rows": 512, "precision": "fp32",
@@ -25,11 +29,6 @@ PLAIN, BARE, REG = "supervised step", "Distiller, no term", "+ spectral regulari
 
 
 def run(o: Dict[str, Any], print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
-    from ...distiller import Distiller
-    from ...methods import build_method
-    from ...models import create_model
-    from ...tasks import create_task
-
     dev = pick_device(o["device"])
     dtype, channels_last = PRECISIONS[o["precision"]]
     batch = random_batch(o["b"], o["size"], o["classes"], device=dev, channels_last=channels_last)

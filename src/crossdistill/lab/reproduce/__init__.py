@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from ...errors import ConfigError
+from .quickstart import run_demo
 
 #: ``crossdistill reproduce <name>``: name → (module of this package, function); imported when run
 REPRODUCTIONS: Dict[str, Tuple[str, str]] = {
@@ -43,6 +44,4 @@ def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: 
 
 
 def demo(out: str = "runs/demo", quick: bool = False) -> None:
-    from .quickstart import run_demo
-
     run_demo(Path(out), quick=quick)

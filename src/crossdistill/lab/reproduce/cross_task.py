@@ -13,6 +13,7 @@ from typing import Any, Dict, List
 
 from ...config import deep_merge
 from .grid import Cell, plot_results, run_grid, train_config, write_tables
+from ...data.scenes import NUM_SEG_CLASSES
 
 # the teacher's task for each student task: related through the scene geometry, but different
 OTHER_TASK = {"depth": "segmentation", "segmentation": "depth", "translation": "segmentation"}
@@ -60,7 +61,6 @@ def cells(out: Path, scale: str, seeds=None, tasks=("depth", "segmentation", "tr
         trained = out / "teachers" / other
         log(f"teacher: {s['teacher']} trained on {other}")
         train_config(teacher_config(other, s), trained, log)
-        from ...data.scenes import NUM_SEG_CLASSES
 
         head = NUM_SEG_CLASSES if other == "segmentation" else (1 if other == "depth" else 3)
         teachers = {

@@ -34,6 +34,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ...config import deep_merge
 from .grid import Cell, Result, Selection, run_grid, train_config, write_tables
+from ...data.scenes import NUM_SEG_CLASSES
+import numpy as np
 
 OTHER_TASK = {"depth": "segmentation", "segmentation": "depth"}
 PRIMARY = {"depth": "delta1", "segmentation": "miou"}
@@ -193,7 +195,6 @@ def cells(out: Path, scale: str, seeds=None, tasks: Optional[Sequence[str]] = No
     tasks = tuple(tasks or s["tasks"])
     grid: List[Cell] = []
     teachers: Dict[str, Dict[str, Dict[str, Any]]] = {}
-    from ...data.scenes import NUM_SEG_CLASSES
 
     for task in tasks:
         other = OTHER_TASK[task]
@@ -319,7 +320,6 @@ def heatmaps(ds: Sequence[Dict[str, Any]], s: Dict[str, Any], tasks: Sequence[st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     sizes, students = list(s["sizes"]), list(s["students"])
     names = list(DELTAS)

@@ -24,6 +24,9 @@ from typing import Any, Dict, List, Optional, Sequence
 from ...config import deep_merge
 from ...errors import DataError
 from .grid import Cell, Result, _slug, run_grid, train_config
+from ...data import create_dataset
+from ...models import create_model
+import itertools
 
 STUDENT = "resnet8"
 TEACHERS = ("resnet14", "resnet20", "resnet32", "resnet56", "resnet110")
@@ -51,8 +54,6 @@ METHODS: Dict[str, Dict[str, Any]] = {
 
 def check_data(root: Optional[str] = None) -> None:
     """Fail early, in one line, with the install command, when Fashion-MNIST is missing."""
-    from ...data import create_dataset
-
     try:
         create_dataset("fashion_mnist", "test", root, subset=1)
     except DataError as e:
@@ -96,8 +97,6 @@ def cells(out: Path, s: Dict[str, Any], seeds: Sequence[int]) -> List[Cell]:
 
 
 def parameter_count(model: str, in_channels: int = 1) -> int:
-    from ...models import create_model
-
     return sum(p.numel() for p in create_model(model, num_classes=10, in_channels=in_channels).parameters())
 
 
@@ -107,8 +106,6 @@ def spearman(xs: Sequence[float], ys: Sequence[float]):
     Up to 8 points the p-value is exact — the share of the n! orderings of ``ys`` whose |ρ| is at
     least the observed one — since scipy's t-approximation is far off at n = 5 (it gives ~1e-24 for a
     perfect ranking, whose exact p is 2/120)."""
-    import itertools
-
     from scipy.stats import spearmanr
 
     n = len(xs)

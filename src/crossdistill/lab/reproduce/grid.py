@@ -33,6 +33,9 @@ import torch
 from ...commands import evaluate as evaluation
 from ...config import deep_merge, parse_config
 from ...errors import ConfigError, NonFiniteLossError
+from ...build import build_run
+from ...engine.trainer import SUMMARY, Trainer
+from ...methods import METHODS, build_method
 
 
 DEFAULT_FACTORS = (0.01, 0.1, 1.0, 10.0)
@@ -83,9 +86,6 @@ class Result:
 
 def train_config(raw: Dict[str, Any], out_dir: Path, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Train one config (or read its finished summary) and return the summary."""
-    from ...build import build_run
-    from ...engine.trainer import SUMMARY, Trainer
-
     summary_path = out_dir / SUMMARY
     stamp = out_dir / "grid_config.json"  # what this folder's run was asked to be
     wanted = json.dumps(raw, sort_keys=True, default=str)
@@ -152,8 +152,6 @@ def weight_candidates(config: Dict[str, Any], factors: Sequence[float]) -> Dict[
     """Candidate patches: every distillation term's weight (its own, or the method's default β)
     times each factor. A config without terms — or whose terms all sit out main training (AB, FSP
     with ``in_main: false``: their init phase is not weighted) — has the single candidate ``{}``."""
-    from ...methods import METHODS, build_method
-
     terms = (config.get("distill") or {}).get("terms") or []
     options = [{k: v for k, v in t.items() if k not in ("method", "weight")} for t in terms]
     if not any(build_method(t["method"], **o).active_in("main") for t, o in zip(terms, options)):

@@ -7,6 +7,8 @@ from typing import Any, Dict
 
 from ...config import deep_merge
 from .grid import Cell, Selection, plot_results, run_grid, train_config, write_tables
+from .cross_task_regimes import OTHER_TASK, SCALES, Regime, base_config, fitnet_terms
+from ...data.scenes import NUM_SEG_CLASSES
 
 SCALES: Dict[str, Dict[str, Any]] = {
     "quick": dict(train_size=2000, test_size=500, epochs=4, teacher_epochs=6, seeds=(0, 1, 2)),
@@ -73,9 +75,6 @@ DEMO_REGIME = dict(task="segmentation", size=128, student="dense_resnet_m")
 def demo_cells(seeds) -> list:
     """No distillation vs a random teacher through the inverted projector, in :data:`DEMO_REGIME`,
     configured exactly as the regime map's cells (``reproduce cross-task-regimes``)."""
-    from .cross_task_regimes import OTHER_TASK, SCALES, Regime, base_config, fitnet_terms
-    from ...data.scenes import NUM_SEG_CLASSES
-
     s = SCALES["full"]
     r = Regime(**DEMO_REGIME)
     head = NUM_SEG_CLASSES if OTHER_TASK[r.task] == "segmentation" else 1
@@ -91,8 +90,6 @@ def run_demo(out: Path, quick: bool = False, log=print) -> None:
     """Learning to Project in about two minutes: the regime of our study where a random teacher
     helped through the inverted projector, trained as the study trained it (the same split held out
     for validation, the weight it chose), and a plain statement of what that does and does not show."""
-    from .cross_task_regimes import SCALES
-
     grid = demo_cells((0, 1) if quick else (0, 1, 2))
     results = run_grid(grid, out, log, Selection(factors=(1.0,), validation=SCALES["full"]["validation"]))
     title = "Demo: a segmentation student from a random teacher, inverted projector (small scale)"

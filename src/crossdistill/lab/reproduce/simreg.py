@@ -28,6 +28,13 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 from ...config import deep_merge
 from ...errors import NonFiniteLossError
 from .grid import Result, train_config, write_tables
+from ...commands.representation import evaluate_representation
+import torch
+from ...build import build_data
+from ...config import parse_config
+from ...engine.representation import extract_features, knn_eval, linear_probe
+from ...models import create_model
+from ...data import create_dataset
 
 SCALES: Dict[str, Dict[str, Any]] = {
     "quick": dict(subset=2000, teacher_subset=2000, epochs=4, ssl_epochs=6, sup_epochs=4, batch_size=128, nce_k=1024,
@@ -99,8 +106,6 @@ def student_cells(s: Dict[str, Any], teachers: Dict[str, str]) -> List[Tuple[str
 
 def evaluate_run(folder: Path, probe_epochs: int = 100, overrides: Sequence[str] = ()) -> Dict[str, float]:
     """k-NN (k = 1, 20) and linear probe of ``folder/student.pt``; read back from eval.json when done."""
-    from ...commands.representation import evaluate_representation
-
     path = folder / "eval.json"
     held = json.loads(path.read_text()) if path.is_file() else {}
     if "knn" not in held or "linear" not in held:
@@ -111,13 +116,6 @@ def evaluate_run(folder: Path, probe_epochs: int = 100, overrides: Sequence[str]
 
 def reference_rows(s: Dict[str, Any], seeds: Sequence[int], teacher_dirs: Dict[str, Path], out: Path) -> Dict[str, Dict[str, float]]:
     """The teachers' own scores and a randomly initialised student's (mean over seeds), not trained here."""
-    import torch
-
-    from ...build import build_data
-    from ...config import parse_config
-    from ...engine.representation import extract_features, knn_eval, linear_probe
-    from ...models import create_model
-
     # on the students' images (their k-NN bank, probe data and test images), not the teachers' larger subset
     same = [f"data.options.subset={s['subset']}"]
     rows = {"SSL teacher (ResNet-20, SimCLR)": evaluate_run(teacher_dirs["ssl"], s["probe_epochs"], same),
@@ -142,8 +140,6 @@ def reference_rows(s: Dict[str, Any], seeds: Sequence[int], teacher_dirs: Dict[s
 
 
 def reproduce_simreg(out: Path, quick: bool = False, seeds=None, log: Callable[[str], None] = print) -> str:
-    from ...data import create_dataset
-
     s = SCALES["quick" if quick else "full"]
     seeds = tuple(seeds or s["seeds"])
     create_dataset("fashion_mnist", "test", subset=1)  # no data set: the install line, before any work

@@ -19,8 +19,10 @@ from crossdistill.engine.distributed import distributed
 from crossdistill.engine.trainer import Trainer
 from crossdistill.methods import METHODS, Method, register_method
 from helpers import register_test_models
+from slow_save import install_from_env
 
 register_test_models()
+install_from_env()  # CROSSDISTILL_TEST_SLOW_SAVE: saves pause before their rename
 
 if "random_hint" not in METHODS:
     @register_method("random_hint")

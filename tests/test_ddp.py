@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, os.path.dirname(__file__))
 from helpers import register_test_models  # noqa: E402
 
-from crossdistill.engine.checkpoint import SLOW_SAVE_ENV  # noqa: E402
+from slow_save import SLOW_SAVE_ENV  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 

@@ -20,11 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from slow_save import SLOW_SAVE_ENV
 import torch
 
 from crossdistill import cli
 from crossdistill.engine import checkpoint as ckpt_mod
-from crossdistill.engine.checkpoint import SLOW_SAVE_ENV, load_checkpoint
+from crossdistill.engine.checkpoint import load_checkpoint
 from crossdistill.errors import FolderInUseError
 
 BASE = """

@@ -11,8 +11,9 @@ Kill points (each process is resumed from what the previous one left):
 3. during a later save (epoch-2 end): the previous checkpoint must load fine, the temp file is stale;
 4. during the export of ``student.pt`` after the last epoch (while finishing).
 
-``CROSSDISTILL_TEST_SLOW_SAVE`` (see ``engine/checkpoint.py``) makes every save pause between the
-fsync of its temporary file and the rename, so kills 1, 3 and 4 land inside a save for certain.
+``CROSSDISTILL_TEST_SLOW_SAVE`` (see ``tests/slow_save.py``, which runs the CLI here) makes every save
+pause between the fsync of its temporary file and the rename, so kills 1, 3 and 4 land inside a save
+for certain.
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ import pytest
 import torch
 
 from crossdistill import cli
-from crossdistill.engine.checkpoint import SLOW_SAVE_ENV, load_checkpoint
+from crossdistill.engine.checkpoint import load_checkpoint
 from crossdistill.methods import METHODS, Method, register_method
+from slow_save import SLOW_SAVE_ENV
 
 TINY = """
 name: resume-test
@@ -68,7 +70,7 @@ def write_config(folder: Path, out: Path) -> Path:
 
 
 def train_cmd(cfg: Path, *extra: str) -> list:
-    return [sys.executable, "-m", "crossdistill.cli", "train", str(cfg), *extra]
+    return [sys.executable, str(Path(__file__).parent / "slow_save.py"), "train", str(cfg), *extra]
 
 
 def env(slow_save: bool = False) -> dict:

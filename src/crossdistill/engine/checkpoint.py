@@ -15,8 +15,8 @@ import errno
 import os
 import pickle
 import re
+import shutil
 import tempfile
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,15 +25,9 @@ from typing import Any, BinaryIO, Callable, Dict, List
 import torch
 
 from ..errors import CheckpointError
-import shutil
 
 FORMAT = "crossdistill-checkpoint"
 VERSION = 1
-
-
-#: Test hook (see docs/reliability.md): seconds to pause after the temporary file is complete and
-#: fsynced but before it is renamed over the checkpoint, so a test can SIGKILL a run mid-save.
-SLOW_SAVE_ENV = "CROSSDISTILL_TEST_SLOW_SAVE"
 
 
 def temp_prefix(path: Path) -> str:
@@ -72,9 +66,6 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any],
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        pause = os.environ.get(SLOW_SAVE_ENV)
-        if pause:
-            time.sleep(float(pause))
         if keep_previous is not None and path.exists():
             _keep_as(path, Path(keep_previous))
         os.replace(tmp, path)

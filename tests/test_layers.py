@@ -22,11 +22,11 @@ PKG = "crossdistill"
 LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("foundation", ("errors", "registry", "options", "phases", "matmul")),
     ("runtime", ("engine.device", "engine.distributed", "engine.checkpoint", "engine.sampler", "engine.rng")),
-    ("parts", ("models", "data", "tasks", "views", "taps", "checks")),
+    ("parts", ("models", "data", "tasks", "views", "taps", "sides", "precision", "checks")),
     ("pieces", ("losses", "projectors")),
     ("methods", ("methods",)),
     ("config", ("config",)),
-    ("distiller", ("distiller", "sides", "precision", "terms")),
+    ("distiller", ("distiller", "terms")),
     ("engine", ("engine",)),
     ("build", ("build", "teacher_cache")),
     ("commands", ("commands",)),

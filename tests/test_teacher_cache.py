@@ -234,8 +234,8 @@ def test_a_dense_task_with_the_cache(tmp_path):
         **{"distill.terms": [{"method": "fitnet", "student": "@encoder", "teacher": "@encoder", "projector": "inverted"},
                              {"method": "kd", "T": 2}], "train.epochs": 1})
     run = build_run(cfg)
-    trainer = Trainer(run)
-    batch = next(iter(DataLoader(run.train_set, batch_size=4)))
+    trainer = Trainer(run)  # the run is unchanged: the trainer's training set reads the cache
+    batch = next(iter(DataLoader(trainer.ready.train_set, batch_size=4)))
     live = run.distiller.eval().teacher_features("default", batch["input"])
     assert batch[teacher_key("default", "output")].dim() == 4  # dense maps are cached whole
     for p, v in live.items():

@@ -384,6 +384,7 @@ def _open(folder: Path, manifest: Dict[str, Any], rebuild: bool, rank: int, worl
         raise ConfigError(f"'{folder}' is not empty and holds no teacher cache manifest; choose another "
                           "teacher_cache.dir (nothing was overwritten)")
     fresh = not old or changed is not None
+    _barrier(world)  # every rank has read the folder before rank 0 changes it
     if rank == 0 and fresh:
         if changed:
             print(f"note: rebuilding the teacher cache in '{folder}': {WHAT[changed]} changed", file=sys.stderr)

@@ -44,11 +44,11 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .sides import teacher_key
-from .taps import OUTPUT
-from .errors import ConfigError, DataError
 from .data.seeded import AugmentedDataset
 from .engine.checkpoint import atomic_write_text
+from .errors import ConfigError, DataError
+from .sides import teacher_key
+from .taps import OUTPUT
 
 FORMAT = 1
 MANIFEST = "manifest.json"

@@ -6,8 +6,8 @@ from typing import Any, Dict, List, Mapping
 
 import torch
 
-from .checkpoint import FORMAT, VERSION, atomic_save
 from ..taps import unwrap
+from .checkpoint import FORMAT, VERSION, atomic_save
 
 
 def non_finite(state: Mapping[str, Any]) -> List[str]:

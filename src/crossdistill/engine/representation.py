@@ -38,11 +38,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
-from ..tasks.knn import knn_predict  # noqa: F401 (the protocol's vote; re-exported)
 from ..projectors import pool_to_vector
-from ..taps import FeatureTap
 from ..sides import resolve_side
-from ..taps import resolve
+from ..taps import FeatureTap, resolve
+from ..tasks.knn import knn_predict  # noqa: F401 (the protocol's vote; re-exported)
 
 PROTOCOLS = ("knn", "linear")
 EVAL_FILE = "eval.json"

@@ -8,9 +8,9 @@ from __future__ import annotations
 import random
 from typing import Any, Dict, List
 
+import numpy as np
 import torch
 import torch.distributed as dist
-import numpy as np
 
 
 def rng_state() -> Dict[str, Any]:

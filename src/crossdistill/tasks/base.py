@@ -12,8 +12,8 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from ..registry import Registry
 from ..errors import DataError
+from ..registry import Registry
 
 
 class Task:

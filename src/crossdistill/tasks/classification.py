@@ -14,9 +14,9 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..checks import check_class_targets
 from ..errors import ConfigError
 from .base import Task, _check_target, register_task
-from ..checks import check_class_targets
 
 
 def metrics_device(metrics):

@@ -13,10 +13,10 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
+from ..checks import check_class_targets
 from ..errors import ConfigError
 from .base import Task, _check_target, register_task
 from .classification import metrics_device
-from ..checks import check_class_targets
 
 IGNORE_INDEX = 255
 

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import torch
+import yaml
 
 from ...errors import ConfigError, did_you_mean
-import yaml
 
 #: integer options that may be 0 (warm-up rounds, seeds, data-loader workers); the others must be >= 1
 MAY_BE_ZERO = {"warmup", "seed", "workers"}

@@ -23,13 +23,13 @@ from typing import Any, Callable, Dict
 import torch
 from torch.utils.data import DataLoader
 
-from ._common import interleave, machine, pick_device, ratios, summarise, table, write_json
-from ._steps import PRECISIONS, autocast, sgd
+from ...build import build_run
 from ...config import load_config
 from ...engine.device import to_device
 from ...engine.sampler import set_data_epoch
-from ...build import build_run
 from ...teacher_cache import attach
+from ._common import interleave, machine, pick_device, ratios, summarise, table, write_json
+from ._steps import PRECISIONS, autocast, sgd
 
 DEFAULTS: Dict[str, Any] = {
     "student": "resnet8x4", "teacher": "resnet32x4", "method": "kd", "n": 1024, "b": 64, "size": 32,

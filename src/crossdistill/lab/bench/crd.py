@@ -21,12 +21,11 @@ from typing import Any, Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
-from ._common import Lap, in_fresh_process, interleave, machine, peak_mib, pick_device, summarise, table, write_json
+from ...losses import crd_dense_grad, crd_dense_logits, crd_loss_from_logits, crd_nce_terms
+from ...matmul import matmul_nt
 from ...methods.crd_memory import ContrastMemory
 from ...methods.crd_sampler import NegativeSampler
-from ...losses import crd_loss_from_logits
-from ...losses import crd_dense_grad, crd_dense_logits, crd_nce_terms
-from ...matmul import matmul_nt
+from ._common import Lap, in_fresh_process, interleave, machine, peak_mib, pick_device, summarise, table, write_json
 
 DEFAULTS: Dict[str, Any] = {
     "n": 50000, "k": 16384, "b": 64, "dim": 128, "classes": 100, "t": 0.07, "m": 0.5,

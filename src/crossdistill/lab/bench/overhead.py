@@ -31,20 +31,18 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
-from ._common import (in_fresh_process, interleave, machine, peak_mib, pick_device, ratios, summarise, table,
-                      write_json)
-from ._steps import PRECISIONS, distiller_step, random_batch, supervised_step, teacher_student_step
-from ...config import RECIPES
-from ...methods import METHODS
-from ...config import load_config, read_yaml
-from ...options import options_model
-from ...data.registry import DatasetInfo
 from ...build import build_distiller, build_task
-import numpy as np
+from ...config import RECIPES, load_config, read_yaml
+from ...data.registry import DatasetInfo
 from ...errors import CrossDistillError
+from ...methods import METHODS
 from ...models import create_model
+from ...options import options_model
+from ._common import in_fresh_process, interleave, machine, peak_mib, pick_device, ratios, summarise, table, write_json
+from ._steps import PRECISIONS, distiller_step, random_batch, supervised_step, teacher_student_step
 
 DEFAULTS: Dict[str, Any] = {
     "student": "resnet8x4", "teacher": "resnet32x4", "b": 64, "size": 32, "classes": 100,

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from ...config import deep_merge
-from .grid import Cell, plot_results, run_grid, train_config, write_tables
 from ...data.scenes import NUM_SEG_CLASSES
+from .grid import Cell, plot_results, run_grid, train_config, write_tables
 
 # the teacher's task for each student task: related through the scene geometry, but different
 OTHER_TASK = {"depth": "segmentation", "segmentation": "depth", "translation": "segmentation"}

@@ -32,10 +32,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ...config import deep_merge
-from .grid import Cell, Result, Selection, run_grid, train_config, write_tables
-from ...data.scenes import NUM_SEG_CLASSES
 import numpy as np
+
+from ...config import deep_merge
+from ...data.scenes import NUM_SEG_CLASSES
+from .grid import Cell, Result, Selection, run_grid, train_config, write_tables
 
 OTHER_TASK = {"depth": "segmentation", "segmentation": "depth"}
 PRIMARY = {"depth": "delta1", "segmentation": "miou"}

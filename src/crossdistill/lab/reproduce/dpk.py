@@ -14,6 +14,7 @@ read at the last epoch. See docs/dpk.md for the choices and docs/results.md for 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import statistics
@@ -22,11 +23,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ...config import deep_merge
-from ...errors import DataError
-from .grid import Cell, Result, _slug, run_grid, train_config
 from ...data import create_dataset
+from ...errors import DataError
 from ...models import create_model
-import itertools
+from .grid import Cell, Result, _slug, run_grid, train_config
 
 STUDENT = "resnet8"
 TEACHERS = ("resnet14", "resnet20", "resnet32", "resnet56", "resnet110")

@@ -30,11 +30,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ...build import build_run
 from ...commands import evaluate as evaluation
 from ...config import deep_merge, parse_config
-from ...errors import ConfigError, NonFiniteLossError
-from ...build import build_run
 from ...engine.trainer import SUMMARY, Trainer
+from ...errors import ConfigError, NonFiniteLossError
 from ...methods import METHODS, build_method
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ...config import deep_merge
-from .grid import Cell, Selection, plot_results, run_grid, train_config, write_tables
-from .cross_task_regimes import OTHER_TASK, SCALES, Regime, base_config, fitnet_terms
 from ...data.scenes import NUM_SEG_CLASSES
+from .cross_task_regimes import OTHER_TASK, Regime, SCALES, base_config, fitnet_terms
+from .grid import Cell, Selection, plot_results, run_grid, train_config, write_tables
 
 SCALES: Dict[str, Dict[str, Any]] = {
     "quick": dict(train_size=2000, test_size=500, epochs=4, teacher_epochs=6, seeds=(0, 1, 2)),

@@ -25,16 +25,16 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
-from ...config import deep_merge
-from ...errors import NonFiniteLossError
-from .grid import Result, train_config, write_tables
-from ...commands.representation import evaluate_representation
 import torch
+
 from ...build import build_data
-from ...config import parse_config
-from ...engine.representation import extract_features, knn_eval, linear_probe
-from ...models import create_model
+from ...commands.representation import evaluate_representation
+from ...config import deep_merge, parse_config
 from ...data import create_dataset
+from ...engine.representation import extract_features, knn_eval, linear_probe
+from ...errors import NonFiniteLossError
+from ...models import create_model
+from .grid import Result, train_config, write_tables
 
 SCALES: Dict[str, Dict[str, Any]] = {
     "quick": dict(subset=2000, teacher_subset=2000, epochs=4, ssl_epochs=6, sup_epochs=4, batch_size=128, nce_k=1024,

@@ -318,3 +318,23 @@ def test_bad_sides_fail_at_build(name, opts):
     with pytest.raises(ConfigError, match=name) as err:
         Distiller(s, t, [build_method(name, **opts)], example_input=batch()["input"])
     assert "\n" not in str(err.value)
+
+
+# -- the CIFAR-100 recipes ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("pair", ["resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2"])
+def test_cifar100_recipes(pair):
+    from crossdistill.cli import RECIPES
+    from crossdistill.config import load_config
+
+    expected = {"reviewkd": ("reviewkd", 5.0, {"warmup_epochs": 20}),
+                "srd": ("srd", 1.0, {"projector": "standard", "feature_weight": 2.0, "kd_weight": 1.0, "T": 1.0}),
+                "srd_inverted": ("srd", 1.0, {"projector": "inverted"}),
+                "vkd": ("vkd", 1.0, {"projector": "standard", "feature_weight": 1.0, "kd_weight": 1.0, "T": 1.0}),
+                "vkd_inverted": ("vkd", 1.0, {"projector": "inverted"})}
+    for recipe, (method, weight, options) in expected.items():
+        cfg = load_config(RECIPES / f"cifar100/{pair}/{recipe}.yaml")
+        assert cfg.train.epochs == 240 and cfg.train.schedule.milestones == [150, 180, 210]
+        (term,) = cfg.distill.terms
+        assert term.method == method and term.weight == weight
+        dumped = term.model_dump()
+        assert all(dumped.get(k, getattr(term, k, None)) == v for k, v in options.items()), (recipe, dumped)

@@ -59,7 +59,7 @@ class NormalisedProjection:
         out = {"feature": feature.detach(), **self.projector.spectrum_logs()}
         loss = self.feature_weight * feature
         if self.kd_weight > 0:
-            kd = kd_loss(s[-1], t[-1], self.T)
+            kd = kd_loss(s[1], t[1], self.T)
             out["kd"] = kd.detach()
             loss = loss + self.kd_weight * kd
         return {"loss": loss, **out}

@@ -338,3 +338,38 @@ def test_cifar100_recipes(pair):
         assert term.method == method and term.weight == weight
         dumped = term.model_dump()
         assert all(dumped.get(k, getattr(term, k, None)) == v for k, v in options.items()), (recipe, dumped)
+
+
+def test_shipped_recipes_train_a_few_steps_on_fake_cifar100(tmp_path):
+    """The wrn recipes as shipped, through build_run and the Trainer, on a CIFAR-100 folder written here
+    (the teacher randomly initialised instead of loaded): the warm-up reaches the term, every part is finite."""
+    import pickle
+
+    import numpy as np
+
+    from crossdistill.build import build_run
+    from crossdistill.cli import RECIPES
+    from crossdistill.config import load_config, read_yaml
+    from crossdistill.engine.trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for split, n in (("train", 8), ("test", 4)):
+        labels = [int(v) for v in rng.integers(0, 100, n)]
+        with open(folder / split, "wb") as fh:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"fine_labels": labels,
+                         b"coarse_labels": labels}, fh)
+    for recipe in ("reviewkd", "srd_inverted", "vkd"):
+        raw = read_yaml(RECIPES / f"cifar100/wrn_40_2_wrn_16_2/{recipe}.yaml")
+        raw["teachers"] = {"default": {"model": "wrn_40_2", "num_classes": 100, "random_init": True}}
+        raw["data"].update(root=str(tmp_path), batch_size=4, num_workers=0)
+        raw["train"].update(epochs=1, max_steps_per_epoch=2, precision="fp32", channels_last=False, progress=False)
+        raw["output_dir"] = str(tmp_path / recipe)
+        run = build_run(load_config(data=raw))
+        summary = Trainer(run).fit()
+        term = run.distiller.terms[0]
+        assert term.name == recipe.split("_")[0]
+        if recipe == "reviewkd":
+            assert term.weight == 5.0 and term.warmup == 1 / 20  # epoch 0 of the mdistiller warm-up
+        assert summary["last"], summary

@@ -53,8 +53,15 @@ class ABF(nn.Module):
         """``(output in the teacher stage's space, fused map handed to the next shallower block)``."""
         x = self.reduce(x)
         if self.attention is not None:
+            # σ(conv1×1([x, up(y)])) with the 1×1 conv split by input half: a 1×1 conv commutes with
+            # nearest upsampling, so the deeper half runs at the deeper map's resolution and no
+            # concatenated [B, 2C, H, W] map (nor its strided gradient) is ever made — the same sum
+            conv = self.attention[0]
+            c = x.shape[1]
+            logits = F.conv2d(x, conv.weight[:, :c], conv.bias) + F.interpolate(
+                F.conv2d(deeper, conv.weight[:, c:]), size=tuple(x.shape[-2:]), mode="nearest")
+            w = torch.sigmoid(logits)
             deeper = F.interpolate(deeper, size=tuple(x.shape[-2:]), mode="nearest")
-            w = self.attention(torch.cat([x, deeper], dim=1))
             x = x * w[:, :1] + deeper * w[:, 1:]
         if tuple(x.shape[-2:]) != tuple(out_size):
             x = F.interpolate(x, size=tuple(out_size), mode="nearest")

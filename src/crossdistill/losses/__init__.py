@@ -33,9 +33,11 @@ from .features import (
     vid_loss,
 )
 from .logits import kd_loss
+from .normalised import batch_standardise, layer_standardise, srd_loss, vkd_loss
 from .prior import mix_patches, patch_mask
 from .regression import normalized_regression_loss
 from .relations import cc_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss, rkd_loss, sp_loss
+from .review import hcl_loss, hcl_stage_loss
 from .self_supervised import nt_xent_loss
 from .similarity import centred_gram, linear_cka
 from .spectral import (
@@ -89,4 +91,10 @@ __all__ = [
     "mix_patches",
     "normalized_regression_loss",
     "nt_xent_loss",
+    "hcl_loss",
+    "hcl_stage_loss",
+    "batch_standardise",
+    "layer_standardise",
+    "srd_loss",
+    "vkd_loss",
 ]

@@ -2,8 +2,8 @@
 
 One teacher is trained once; then a small student is distilled with each method over seeds, with
 the RepDistiller weights (``loss = γ·CE + α·KD + β·L``, docs/zoo.md). Small-scale changes, all
-listed in the table's note: few epochs, AB/FT/FSP init phases of 1 epoch instead of 30, CRD with
-``nce_k`` 4096 negatives (the training subset is far smaller than CIFAR's 50 000 images).
+listed in the table's note: few epochs, AB/FT/FSP init phases of 1 epoch instead of 30 (and ReviewKD's
+warm-up of 1 epoch instead of 20), CRD with ``nce_k`` 4096 negatives (the training subset is far smaller than CIFAR's 50 000 images).
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ METHODS: Dict[str, List[Dict[str, Any]]] = {
     "RKD": [{"method": "rkd"}], "PKT": [{"method": "pkt"}], "AB": [{"method": "ab"}], "FT": [{"method": "ft"}],
     "FSP": [{"method": "fsp"}], "NST": [{"method": "nst"}], "CRD": [{"method": "crd"}],
     "CRD+KD": [{"method": "crd"}, {"method": "kd", "weight": 1.0, "T": 4}],
+    # issue 20: the authors' CIFAR-100 weights (ReviewKD 5; SRD and VkD carry their KD at T = 1)
+    "ReviewKD": [{"method": "reviewkd", "weight": 5.0}], "SRD": [{"method": "srd"}], "VkD": [{"method": "vkd"}],
 }
 TASK_WEIGHT = {"KD": 0.1}
 # the init phase's learning rate per method, as RepDistiller: 0.05 for AB and FSP, 0.01 for FT
@@ -56,6 +58,8 @@ def _terms(name: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
             t["init_epochs"] = s["init_epochs"]
         if t["method"] == "crd":
             t["nce_k"] = s["nce_k"]
+        if t["method"] == "reviewkd":  # the 20-of-240-epoch warm-up, at the reproduction's length
+            t["warmup_epochs"] = s["init_epochs"]
         terms.append(t)
     return terms
 
@@ -86,7 +90,7 @@ def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print, only=No
     md = write_tables(results, out, title, scale=100.0, transpose=True)
     t_acc = json.loads((teacher_dir / "summary.json").read_text())["last"]["acc"] * 100
     md += (f"\nTop-1 test accuracy (%) on the first {min(s['subset'], 10000)} Fashion-MNIST test images. Teacher {TEACHER}: {t_acc:.2f} %. "
-           f"AB/FT/FSP init phase {s['init_epochs']} epoch(s); CRD nce_k={s['nce_k']}.\n")
+           f"AB/FT/FSP init phase and ReviewKD warm-up {s['init_epochs']} epoch(s); CRD nce_k={s['nce_k']}.\n")
     (out / "results.md").write_text(md)
     plot_results(results, out / "results.png", title, "test accuracy (%)", scale=100.0)
     return md

@@ -70,8 +70,9 @@ class ResizeCenterCrop:
     def __call__(self, sample):
         x = sample["input"]
         h, w = x.shape[-2:]
-        if (h, w) == self.size:
-            return sample
+        if (h, w) == self.size or any(k != "input" and isinstance(v, Tensor) and v.dim() >= 2 and v.shape[-2:] == (h, w)
+                                      for k, v in sample.items()):
+            return sample  # at its size already, or a dense sample (mask, depth) this classification step must not split
         short = eval_resize(self.size)
         scale = short / min(h, w)
         nh, nw = max(self.size[0], int(round(h * scale))), max(self.size[1], int(round(w * scale)))

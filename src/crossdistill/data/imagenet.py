@@ -17,10 +17,14 @@ followed by the same resize would give, at a fraction of the time for large phot
 ``data.num_workers`` ≈ the CPU cores available per GPU (8 in the recipes) so that decoding keeps up.
 
 Why no image library: torchvision (whose ``transforms.v2`` is the usual choice) is broken beside the
-pinned CPU torch (docs/ENVIRONMENT facts), and kornia, which works, augments batches of equal-size
-tensors on the accelerator — it cannot crop each original image before batching, and it was dropped
-for speed on the small-image recipes (docs/speed.md). Pillow decodes (already a dependency); the crop
-and resize are torch's antialiased bilinear interpolation, tested against the documented algorithm.
+pinned CPU torch (docs/ENVIRONMENT facts). albumentations 2.0 does install beside it (with
+opencv-python-headless, checked with ``pip install --dry-run``), but draws from its own NumPy random
+state: the crop and flip must come from the per-sample ``(seed, epoch, index)`` torch RNG that makes
+resume bit-identical and the teacher cache's views replayable (data/seeded.py), and it would add
+OpenCV for two operations. kornia works too but augments batches of equal-size tensors — it cannot
+crop each original image before batching — and was dropped for speed (docs/speed.md). So Pillow
+decodes (already a dependency, with libjpeg-turbo's DCT scaling through ``draft``), and the crop and
+resize are torch's antialiased bilinear interpolation, tested against the documented algorithm.
 """
 from __future__ import annotations
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 from typing import Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -97,11 +96,3 @@ def check_batchable(dataset, augment: str) -> None:
                           "pipeline: imagenet differ in size; use data.augment: imagenet (scale 0.08-1) or "
                           "resized_crop_flip (scale 0.2-1)")
 
-
-def to_tensor(arr) -> Tensor:
-    """``H×W×C`` uint8 array → ``C×H×W`` float in [0, 1]."""
-    import numpy as np
-
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(255.0)

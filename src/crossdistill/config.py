@@ -45,13 +45,14 @@ def _output_dir(path: str) -> str:
 #: A path read from a config: ``~`` is expanded (once, here, for every reader).
 UserPath = Annotated[str, AfterValidator(_expand_user)]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+WeightsLayout = Literal["auto", "crossdistill", "torchvision", "timm", "hf", "ssl"]
 
 
 class DataConfig(Strict):
     name: str = "shapes"
     root: Optional[UserPath] = None
     options: Dict[str, Any] = Field(default_factory=dict)  # dataset-specific, checked by the dataset
-    augment: Literal["crop_flip", "resized_crop_flip", "ssl", "none"] = "crop_flip"
+    augment: Literal["crop_flip", "resized_crop_flip", "ssl", "imagenet", "none"] = "crop_flip"
     # independently augmented copies of each training image: input, input_1, ... (two views for a
     # self-supervised objective; a different view for one network). Evaluation always sees one.
     copies: int = Field(1, ge=1, le=8)
@@ -68,6 +69,9 @@ class ModelConfig(Strict):
     name: str
     options: Dict[str, Any] = Field(default_factory=dict)
     checkpoint: Optional[UserPath] = None  # a crossdistill checkpoint or a plain state-dict file
+    # the checkpoint's key layout and a prefix to strip (models/weights.py, docs/teachers.md)
+    checkpoint_layout: WeightsLayout = "auto"
+    strip_prefix: Optional[str] = None
 
 
 class TeacherConfig(Strict):
@@ -79,7 +83,9 @@ class TeacherConfig(Strict):
     model: Optional[str] = None
     options: Dict[str, Any] = Field(default_factory=dict)
     num_classes: Optional[int] = Field(None, gt=0)  # output size of the teacher's own head
-    weights: Optional[UserPath] = None
+    weights: Optional[UserPath] = None  # a state-dict file (.pt/.pth/.safetensors) or a Hugging Face folder
+    weights_layout: WeightsLayout = "auto"  # auto | crossdistill | torchvision | timm | hf | ssl (docs/teachers.md)
+    strip_prefix: Optional[str] = None  # e.g. module.encoder_q. (found by itself with auto / ssl)
     random_init: bool = False
     seed: int = 0
     import_path: Optional[str] = None

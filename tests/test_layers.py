@@ -46,6 +46,7 @@ LOCAL_THIRD_PARTY = {
     "torch.utils.tensorboard": "TensorBoard logging, off unless asked (and slow to import)",
     "tqdm": "the progress bar, only on a terminal",
     "transformers": "optional dependency",
+    "safetensors": "optional dependency (.safetensors weights; the hf extra)",
 }
 
 #: in-package imports that may sit inside a function, each with its reason

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from .imagenet import draft_size
 from .registry import DatasetInfo, register_dataset
 from .wrappers import Sample, as_size, check_split, optional_subset, resolve_options
 
@@ -121,8 +122,6 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         try:
             with Image.open(path) as im:
                 if self.variable_size:
-                    from .imagenet import draft_size
-
                     # a JPEG decodes at ½, ¼ or ⅛ scale when the crop that follows keeps image_size
                     im.draft(mode, draft_size(im.width, im.height, (h, w), self.decode_for))
                 im = im.convert(mode)

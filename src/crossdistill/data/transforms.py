@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
+from .imagenet import ResizeCenterCrop
 from .registry import DatasetInfo
 
 Sample = Dict[str, Tensor]
@@ -297,6 +298,4 @@ def build_train_transform(
 def build_eval_transform(info: DatasetInfo) -> Compose:
     """Identity for inputs at ``info.image_size`` (every dataset but the image folder's ``pipeline:
     imagenet``, whose images are resized and centre-cropped here: data/imagenet.py)."""
-    from .imagenet import ResizeCenterCrop
-
     return Compose([ResizeCenterCrop(tuple(info.image_size))])

@@ -214,10 +214,10 @@ def _first_line(e: BaseException) -> str:
 
 def load_checkpoint(path: str | os.PathLike, corrupt_hint: str = CORRUPT_HINT) -> Dict[str, Any]:
     """A crossdistill checkpoint (training state or exported student)."""
-    return _validated(load_file(path, corrupt_hint), path)
+    return validated_checkpoint(load_file(path, corrupt_hint), path)
 
 
-def _validated(obj: Any, path: str | os.PathLike) -> Dict[str, Any]:
+def validated_checkpoint(obj: Any, path: str | os.PathLike) -> Dict[str, Any]:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"'{path}' is not a crossdistill checkpoint (a plain state_dict? "
                               "give it as `weights:` of a model instead)")
@@ -246,7 +246,7 @@ def load_state_dict_file(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     """A state dict: a plain ``{name: tensor}`` file, or the student of a crossdistill checkpoint."""
     obj = load_file(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return student_state(_validated(obj, path))
+        return student_state(validated_checkpoint(obj, path))
     for key in ("state_dict", "model", "student"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -31,8 +31,9 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..engine.checkpoint import FORMAT, load_file, load_into, student_state
+from ..engine.checkpoint import FORMAT, load_file, load_into, student_state, validated_checkpoint
 from ..errors import CheckpointError, ConfigError
+from .vit import VisionTransformer
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,7 @@ def read_state_dict(path: str | os.PathLike) -> State:
         return read_safetensors(p)
     obj = load_file(p)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        from ..engine.checkpoint import _validated
-
-        return student_state(_validated(obj, p))
+        return student_state(validated_checkpoint(obj, p))
     if isinstance(obj, dict):
         # the usual wrappers of a training checkpoint (DeiT's "model", MoCo's "state_dict", ...); a file
         # with both "teacher" and "student" (DINO) stays whole, and a prefix picks the network
@@ -364,8 +363,6 @@ def model_from_folder(path: str | os.PathLike, what: str, in_channels: Optional[
     # HF's DeiT always has a distillation token; only its WithTeacher model also has the second head
     distilled = any("WithTeacher" in a for a in config.get("architectures") or [])
     if (kind == "vit" or (kind == "deit" and distilled)) and config.get("hidden_act", "gelu") == "gelu" and classes:
-        from .vit import VisionTransformer
-
         hidden = int(config["hidden_size"])
         model = VisionTransformer(
             num_classes=classes, in_channels=channels, img_size=int(config.get("image_size", 224)),

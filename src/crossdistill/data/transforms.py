@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
+from .randaugment import RandAugment
 from .registry import DatasetInfo
 
 Sample = Dict[str, Tensor]
@@ -246,7 +247,7 @@ class RandomIntensityJitter:
                 f"saturation={self.saturation}, p={self.p}, grayscale_p={self.grayscale_p})")
 
 
-TRAIN_TRANSFORM_KINDS = ("crop_flip", "resized_crop_flip", "ssl", "none")
+TRAIN_TRANSFORM_KINDS = ("crop_flip", "resized_crop_flip", "ssl", "randaugment", "none")
 
 
 def build_train_transform(
@@ -260,6 +261,8 @@ def build_train_transform(
     - ``ssl``: ``resized_crop_flip`` + SimCLR's photometric jitter (brightness/contrast 0.4, and for
       RGB saturation 0.4 and grey with p = 0.2; jitter with p = 0.8) — strong enough for a
       self-supervised objective on two views; hue and blur are left out
+    - ``randaugment``: ``crop_flip`` + RandAugment (2 operations) + Cutout — MLKD's strong view
+      (``data/randaugment.py``)
     - ``none``: identity
     """
     size = tuple(info.image_size)
@@ -279,6 +282,13 @@ def build_train_transform(
             RandomResizedCrop(size, scale=(0.2, 1.0), generator=generator),
             RandomHorizontalFlip(0.5, generator=generator),
             RandomIntensityJitter(info.mean, info.std, generator=generator),
+        ])
+    if kind == "randaugment":
+        padding = max(1, round(min(size) / 8))
+        return Compose([
+            RandomCropPad(size, padding, generator=generator),
+            RandomHorizontalFlip(0.5, generator=generator),
+            RandAugment(info.mean, info.std, n=2, generator=generator),
         ])
     if kind == "none":
         return Compose([])

@@ -83,7 +83,7 @@ class CTKD(StandardizedLogits, Method):
     def forward(self, s, t, batch):
         T = self.temperature(s[0], t[0])
         loss = kd_loss_per_temperature(*self.standardized(s[0], t[0]), T)
-        return {"loss": loss, "temperature": T.mean().detach(), "lambda": torch.tensor(self.strength)}
+        return {"loss": loss, "temperature": T.mean().detach(), "lambda": loss.new_tensor(self.strength)}
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, temperature={self.mode!r}, T in ({self.t_min}, {self.t_min + self.t_range}), "

@@ -80,3 +80,39 @@ def test_mlkd_trains_through_the_trainer_on_weak_and_strong_views(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(t["default"].state_dict().values(), t["strong"].state_dict().values()))
     summary = Trainer(run).fit()
     assert 0 <= summary["last"]["acc"] <= 1
+
+
+def test_every_operation_matches_pil_on_a_real_image_grid():
+    """The reference's operations are PIL's (sunshangquan/logit-standardization-KD,
+    mdistiller/dataset/cifar100.py, ``augment_list``): ours agree to ≤ 1.5/255 per pixel (PIL rounds
+    to uint8 after each operation). Magnitudes avoid exact ties of the geometric maps, where PIL's
+    float order and ours may floor an integral coordinate differently."""
+    np = pytest.importorskip("numpy")
+    pil = pytest.importorskip("PIL.Image")
+    from PIL import ImageEnhance, ImageOps
+
+    import crossdistill.data.randaugment as R
+
+    arr = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    img = pil.fromarray(arr)
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
+    op = {fn.__name__: fn for fn, *_ in R.OPERATIONS if fn.__name__ != "<lambda>"}
+    lam = [fn for fn, *_ in R.OPERATIONS]
+    cases = {
+        "autocontrast": (ImageOps.autocontrast(img), op["auto_contrast"](x, 0)),
+        "brightness": (ImageEnhance.Brightness(img).enhance(0.6), lam[1](x, 0.6)),
+        "color": (ImageEnhance.Color(img).enhance(0.6), lam[2](x, 0.6)),
+        "contrast": (ImageEnhance.Contrast(img).enhance(0.6), lam[3](x, 0.6)),
+        "equalize": (ImageOps.equalize(img), op["equalize"](x, 0)),
+        "posterize": (ImageOps.posterize(img, 5), op["posterize"](x, 5)),
+        "rotate": (img.rotate(17.3), op["rotate"](x, 17.3)),
+        "sharpness": (ImageEnhance.Sharpness(img).enhance(0.5), op["sharpness"](x, 0.5)),
+        "shear_x": (img.transform(img.size, pil.AFFINE, (1, 0.2137, 0, 0, 1, 0)), lam[9](x, 0.2137)),
+        "shear_y": (img.transform(img.size, pil.AFFINE, (1, 0, 0, -0.1731, 1, 0)), lam[10](x, -0.1731)),
+        "solarize": (ImageOps.solarize(img, 100), op["solarize"](x, 100)),
+        "translate_x": (img.transform(img.size, pil.AFFINE, (1, 0, 0.2 * 32, 0, 1, 0)), lam[12](x, 0.2)),
+        "translate_y": (img.transform(img.size, pil.AFFINE, (1, 0, 0, 0, 1, -0.2 * 32)), lam[13](x, -0.2)),
+    }
+    for name, (ref, ours) in cases.items():
+        ref = torch.from_numpy(np.asarray(ref).copy()).permute(2, 0, 1).float() / 255
+        assert (ref - ours).abs().max() * 255 <= 1.5, name

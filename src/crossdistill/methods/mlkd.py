@@ -1,5 +1,4 @@
-"""MLKD — Jin et al., CVPR 2023: align logits at three levels (instance, batch, class) over several
-temperatures, on a weakly and a strongly augmented view.
+"""MLKD — Jin et al., CVPR 2023: logits aligned per instance, batch and class, at 5 temperatures, on 2 views.
 
 As the released code (``losses.mlkd_levels``): the instance level is KD at each temperature
 ``[T, 3, 5, 2, 6]`` (T = 4) on both views; the batch level matches the samples' ``B × B``

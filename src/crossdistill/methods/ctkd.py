@@ -1,13 +1,14 @@
 """CTKD — Li et al., AAAI 2023: KD at a learned temperature that is trained adversarially (gradient reversal).
 
-A curriculum sets how strongly the temperature may *raise* the KD loss. ``T = t_min + t_range·sigmoid(θ)``
-(the released code: 1 + 20·sigmoid, θ starts at 1, so T ≈ 15.6 at step one); the loss is KD at
-that temperature (``T²``·KL, batch mean). θ trains with the student's optimiser (and its weight decay, as the reference), but its gradient passes a gradient-reversal layer
-scaled by the curriculum ``λ``: cosine from ``lambda_min`` (0) to ``lambda_max`` (1) over
-``curriculum_epochs`` (10), read once per epoch with epochs counted from 1 — the reference's
-``CosineDecay(0, −1, 10)``. ``temperature: global`` is one θ (the released code); ``instance`` is a
-small MLP on the (detached) teacher and student logits giving one T per sample — described in the
-paper, not in the released code: our reading (docs/zoo.md).
+A curriculum sets how strongly the temperature may *raise* the KD loss.
+``T = t_min + t_range·sigmoid(θ)`` (the released code: 1 + 20·sigmoid, θ starts at 1, so T ≈ 15.6
+at step one); the loss is KD at that temperature (``T²``·KL, batch mean). θ trains with the
+student's optimiser (and its weight decay, as the reference), but its gradient passes a
+gradient-reversal layer scaled by the curriculum ``λ``: cosine from ``lambda_min`` (0) to
+``lambda_max`` (1) over ``curriculum_epochs`` (10), read once per epoch with epochs counted from 1
+— the reference's ``CosineDecay(0, −1, 10)``. ``temperature: global`` is one θ (the released code);
+``instance`` is a small MLP on the (detached) teacher and student logits giving one T per sample —
+described in the paper, not in the released code: our reading (docs/zoo.md).
 """
 from __future__ import annotations
 

@@ -82,7 +82,10 @@ def build_data(cfg: Config):
     if d.validation is not None:
         train_idx, val_idx = validation_split(len(train), d.validation)
         train, held_out = SubsetDataset(train, train_idx), SubsetDataset(train, val_idx)
-    train = IndexedDataset(AugmentedDataset(train, build_train_transform(info, d.augment), seed=cfg.seed,
+    # one transform, or one per copy (data.copy_augment: MLKD's weak and strong views)
+    transform = [build_train_transform(info, k) for k in d.copy_augment] if d.copy_augment else \
+        build_train_transform(info, d.augment)
+    train = IndexedDataset(AugmentedDataset(train, transform, seed=cfg.seed,
                                             views=tc.views if tc else None, view_seed=tc.seed if tc else 0,
                                             copies=d.copies))
     if held_out is None:

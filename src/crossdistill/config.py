@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, ValidationError, model_validator
 
 from .errors import ConfigError, did_you_mean
 from .methods import METHODS
@@ -52,10 +52,20 @@ class DataConfig(Strict):
     name: str = "shapes"
     root: Optional[UserPath] = None
     options: Dict[str, Any] = Field(default_factory=dict)  # dataset-specific, checked by the dataset
-    augment: Literal["crop_flip", "resized_crop_flip", "ssl", "imagenet", "none"] = "crop_flip"
+    augment: Literal["crop_flip", "resized_crop_flip", "ssl", "imagenet", "randaugment", "none"] = "crop_flip"
     # independently augmented copies of each training image: input, input_1, ... (two views for a
     # self-supervised objective; a different view for one network). Evaluation always sees one.
     copies: int = Field(1, ge=1, le=8)
+    # the augmentation of each copy (input, input_1, ...), e.g. [crop_flip, randaugment] for MLKD's weak
+    # and strong views; unset: every copy uses `augment`
+    copy_augment: Optional[List[Literal["crop_flip", "resized_crop_flip", "ssl", "randaugment", "none"]]] = None
+
+    @model_validator(mode="after")
+    def _one_augment_per_copy(self):
+        if self.copy_augment is not None and len(self.copy_augment) != self.copies:
+            raise ValueError(f"data.copy_augment names {len(self.copy_augment)} augmentation(s) for data.copies="
+                             f"{self.copies}: give one per copy (input, input_1, ...)")
+        return self
     batch_size: int = Field(64, gt=0)
     eval_batch_size: Optional[int] = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)

@@ -93,18 +93,20 @@ class AugmentedDataset(_EpochSeeded):
         sample = self.dataset[index]
         out = self._augment(sample, seed, first=True)
         for c in range(1, self.copies):
-            out[copy_field(c)] = self._augment(sample, (seed + c * _MIX[3]) % (2**63 - 1), first=False)["input"]
+            out[copy_field(c)] = self._augment(sample, (seed + c * _MIX[3]) % (2**63 - 1), first=False, copy=c)["input"]
         return out
 
-    def _augment(self, sample: Dict[str, Tensor], seed: int, first: bool) -> Dict[str, Tensor]:
-        if self.transform is None:
+    def _augment(self, sample: Dict[str, Tensor], seed: int, first: bool, copy: int = 0) -> Dict[str, Tensor]:
+        # a list of transforms: one per copy (data.copy_augment, e.g. MLKD's weak and strong views)
+        transform = self.transform[copy] if isinstance(self.transform, (list, tuple)) else self.transform
+        if transform is None:
             return dict(sample) if first else {"input": sample["input"].clone()}
         with torch.random.fork_rng(devices=[]):
             # the CPU generator alone: torch.manual_seed would also queue a lazy CUDA seeding that
             # records a stack trace per call (most of a small model's step time on CPU), and
             # fork_rng(devices=[]) would not restore the CUDA state it changed
             torch.default_generator.manual_seed(seed)
-            return self.transform(sample)
+            return transform(sample)
 
 class SampleFieldsDataset(_EpochSeeded):
     """Adds per-sample fields that methods declare (``Method.sample_fields``) to every sample.

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from .imagenet import ResizeCenterCrop
+from .randaugment import RandAugment
 from .registry import DatasetInfo
 
 Sample = Dict[str, Tensor]
@@ -247,7 +248,7 @@ class RandomIntensityJitter:
                 f"saturation={self.saturation}, p={self.p}, grayscale_p={self.grayscale_p})")
 
 
-TRAIN_TRANSFORM_KINDS = ("crop_flip", "resized_crop_flip", "ssl", "imagenet", "none")
+TRAIN_TRANSFORM_KINDS = ("crop_flip", "resized_crop_flip", "ssl", "imagenet", "randaugment", "none")
 
 
 def build_train_transform(
@@ -263,6 +264,8 @@ def build_train_transform(
       self-supervised objective on two views; hue and blur are left out
     - ``imagenet``: the standard ImageNet crop, random resized crop at scale 0.08–1, + flip
       (with the image folder's ``pipeline: imagenet``, from the original image: data/imagenet.py)
+    - ``randaugment``: ``crop_flip`` + RandAugment (2 operations) + Cutout — MLKD's strong view
+      (``data/randaugment.py``)
     - ``none``: identity
     """
     size = tuple(info.image_size)
@@ -287,6 +290,13 @@ def build_train_transform(
         return Compose([
             RandomResizedCrop(size, scale=(0.08, 1.0), generator=generator),
             RandomHorizontalFlip(0.5, generator=generator),
+        ])
+    if kind == "randaugment":
+        padding = max(1, round(min(size) / 8))
+        return Compose([
+            RandomCropPad(size, padding, generator=generator),
+            RandomHorizontalFlip(0.5, generator=generator),
+            RandAugment(info.mean, info.std, n=2, generator=generator),
         ])
     if kind == "none":
         return Compose([])

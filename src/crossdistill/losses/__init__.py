@@ -32,6 +32,17 @@ from .features import (
     nst_loss,
     vid_loss,
 )
+from .logit_methods import (
+    dist_loss,
+    dkd_loss,
+    kd_loss_per_temperature,
+    median_kept_fraction,
+    mlkd_batch_loss,
+    mlkd_class_loss,
+    mlkd_instance_loss,
+    mlkd_levels,
+    standardize_logits,
+)
 from .logits import kd_loss
 from .normalised import batch_standardise, layer_standardise, srd_loss, vkd_loss
 from .prior import mix_patches, patch_mask
@@ -50,6 +61,15 @@ from .spectral import (
 
 __all__ = [
     "kd_loss",
+    "standardize_logits",
+    "dkd_loss",
+    "dist_loss",
+    "kd_loss_per_temperature",
+    "mlkd_instance_loss",
+    "mlkd_batch_loss",
+    "mlkd_class_loss",
+    "median_kept_fraction",
+    "mlkd_levels",
     "feature_distance",
     "l2_distance",
     "smooth_l1_distance",

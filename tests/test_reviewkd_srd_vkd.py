@@ -260,10 +260,11 @@ def test_registered_with_metadata_and_official_sides():
         assert cls.year == year and cls.kind == "features" and cls.paper
     s, t = nets(teacher="resnet32x4")
     d = Distiller(s, t, [build_method("reviewkd")], example_input=batch()["input"])
-    assert d._s_paths[0] == ["layer1", "layer2", "layer3", "pool"]
-    assert d._t_paths[0] == [f"layer{i}.4.relu2:input" for i in (1, 2, 3)] + ["pool"]
+    assert d.plans[0].student_paths == ["layer1", "layer2", "layer3", "pool"]
+    assert d.plans[0].teacher_paths["default"] == [f"layer{i}.4.relu2:input" for i in (1, 2, 3)] + ["pool"]
     d = Distiller(s, t, [build_method("srd"), build_method("vkd")], example_input=batch()["input"])
-    assert d._s_paths == [["pool", "output"]] * 2 and d._t_paths == [["pool", "output"]] * 2
+    assert [p.student_paths for p in d.plans] == [["pool", "output"]] * 2
+    assert [p.teacher_paths["default"] for p in d.plans] == [["pool", "output"]] * 2
 
 
 @pytest.mark.parametrize("name", ["srd", "vkd"])

@@ -20,6 +20,7 @@ from .contrastive import (
     crd_scores,
     with_gradient,
 )
+from .cross_architecture import deit_hard_loss, deit_soft_loss, ofa_loss
 from .distances import feature_distance, l2_distance, log_sum_distance, smooth_l1_distance
 from .features import (
     ab_loss,
@@ -48,6 +49,9 @@ from .spectral import (
 
 __all__ = [
     "kd_loss",
+    "deit_soft_loss",
+    "deit_hard_loss",
+    "ofa_loss",
     "feature_distance",
     "l2_distance",
     "smooth_l1_distance",

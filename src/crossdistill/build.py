@@ -22,10 +22,11 @@ from .data.transforms import build_eval_transform, build_train_transform
 from .data.seeded import AugmentedDataset, SampleFieldsDataset, copy_field
 from .data.wrappers import SubsetDataset, validation_split
 from .distiller import Distiller
-from .engine.checkpoint import load_checkpoint, load_into, load_state_dict_file, student_state
+from .engine.checkpoint import load_checkpoint, load_into, student_state
 from .errors import CheckpointError, ConfigError
 from .methods import DataSetup, build_method
 from .models import create_model
+from .models.weights import load_model_weights
 from .tasks import Task, create_task
 from .views import VIEW_CHANNELS, VIEWS
 
@@ -133,11 +134,14 @@ def build_teacher(name: str, t: TeacherConfig, in_channels: int, allow_imports: 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(t.seed)  # a random teacher is reproducible from its seed
             model = create_model(t.model, num_classes=t.num_classes, in_channels=in_channels, **t.options)
+    elif t.weights:
+        model = None  # a Hugging Face folder brings its network (load_model_weights says so otherwise)
     else:
         raise ConfigError(f"{where} needs one of: checkpoint, model (+ weights or random_init: true), import_path")
     if t.weights:
         check_exists(t.weights, f"{where}.weights")
-        load_into(model, load_state_dict_file(t.weights), f"teacher '{name}'", t.weights)
+        model = load_model_weights(model, t.weights, f"teacher '{name}'", t.weights_layout, t.strip_prefix,
+                                   in_channels, t.num_classes)
     elif not t.random_init and not t.checkpoint:
         raise ConfigError(f"{where} has no weights: give weights: FILE, a checkpoint, or random_init: true for a random teacher")
     return model
@@ -163,7 +167,8 @@ def build_student(cfg: Config, task: Task, in_channels: int) -> tuple[nn.Module,
     model = model_from_spec(spec)
     if cfg.student.checkpoint:
         check_exists(cfg.student.checkpoint, "student")
-        load_into(model, load_state_dict_file(cfg.student.checkpoint), "student", cfg.student.checkpoint)
+        load_model_weights(model, cfg.student.checkpoint, "student", cfg.student.checkpoint_layout,
+                           cfg.student.strip_prefix)
     return model, spec
 
 

@@ -43,6 +43,7 @@ def _output_dir(path: str) -> str:
 #: A path read from a config: ``~`` is expanded (once, here, for every reader).
 UserPath = Annotated[str, AfterValidator(_expand_user)]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+WeightsLayout = Literal["auto", "crossdistill", "torchvision", "timm", "hf", "ssl"]
 
 
 class DataConfig(Strict):
@@ -66,6 +67,9 @@ class ModelConfig(Strict):
     name: str
     options: Dict[str, Any] = Field(default_factory=dict)
     checkpoint: Optional[UserPath] = None  # a crossdistill checkpoint or a plain state-dict file
+    # the checkpoint's key layout and a prefix to strip (models/weights.py, docs/teachers.md)
+    checkpoint_layout: WeightsLayout = "auto"
+    strip_prefix: Optional[str] = None
 
 
 class TeacherConfig(Strict):
@@ -77,7 +81,9 @@ class TeacherConfig(Strict):
     model: Optional[str] = None
     options: Dict[str, Any] = Field(default_factory=dict)
     num_classes: Optional[int] = Field(None, gt=0)  # output size of the teacher's own head
-    weights: Optional[UserPath] = None
+    weights: Optional[UserPath] = None  # a state-dict file (.pt/.pth/.safetensors) or a Hugging Face folder
+    weights_layout: WeightsLayout = "auto"  # auto | crossdistill | torchvision | timm | hf | ssl (docs/teachers.md)
+    strip_prefix: Optional[str] = None  # e.g. module.encoder_q. (found by itself with auto / ssl)
     random_init: bool = False
     seed: int = 0
     import_path: Optional[str] = None

@@ -284,9 +284,9 @@ def load_into(model: torch.nn.Module, state: Dict[str, torch.Tensor], what: str,
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if k in state and tuple(state[k].shape) != tuple(v.shape)]
     detail = "; ".join(x for x in (
-        f"missing {missing[:3]}" if missing else "",
-        f"unexpected {unexpected[:3]}" if unexpected else "",
-        f"shape mismatch {wrong[:2]}" if wrong else "") if x) or "torch refused the state dict"
+        f"{len(missing)} missing {missing[:3]}" if missing else "",
+        f"{len(unexpected)} unexpected {unexpected[:3]}" if unexpected else "",
+        f"{len(wrong)} of another shape {wrong[:2]}" if wrong else "") if x) or "torch refused the state dict"
     raise CheckpointError(f"weights in '{source}' do not fit the {what}: {detail}; "
                           "check the model name, num_classes and in_channels")
 

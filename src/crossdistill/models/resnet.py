@@ -1,6 +1,11 @@
 """ImageNet-style ResNet-18/34/50 (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016)
 with a CIFAR stem: one 3×3 stride-1 conv and no max-pool, four stages at 32/16/8/4 px for 32×32 inputs
 (option ``stem="imagenet"``: the usual 7×7/2 conv + 3×3/2 max-pool, for 224 px ImageNet inputs).
+
+Parameters carry torchvision's names (``conv1``, ``bn1``, ``layer1``..``layer4`` with ``downsample.0/1``,
+``fc``), so torchvision's and timm's ResNet files — and the self-supervised ones built on them — load
+as they are into ``stem="imagenet"``. Files of crossdistill before that rename (``stem.0``/``stem.1``)
+still load: the old names are mapped on reading.
 """
 from __future__ import annotations
 
@@ -43,9 +48,26 @@ class Bottleneck(nn.Module):
         return self.relu3(out + self.downsample(x))
 
 
+class StemView(nn.Module):
+    """Runs modules that its model owns under their own names, as one tappable ``stem`` module.
+
+    The modules are held outside ``_modules``, so they appear once in the state dict, under the
+    owner's (torchvision's) names, while every zoo model still has a ``stem`` to tap.
+    """
+
+    def __init__(self, *parts: nn.Module):
+        super().__init__()
+        self.__dict__["parts"] = parts  # not registered: the owner registers (and moves, saves) them
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for part in self.parts:
+            x = part(x)
+        return x
+
+
 class ResNet(nn.Module):
-    """``stem`` (3×3 conv-BN-ReLU, 64 ch), ``layer1``..``layer4`` (64/128/256/512 × expansion),
-    ``pool``, ``fc``."""
+    """``conv1``-``bn1``-``relu``(-``maxpool``) = ``stem`` (64 ch), ``layer1``..``layer4``
+    (64/128/256/512 × expansion), ``pool``, ``fc``."""
 
     def __init__(
         self,
@@ -58,18 +80,17 @@ class ResNet(nn.Module):
         super().__init__()
         expansion = block.expansion
         if stem == "cifar":
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
-            )
+            self.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
         elif stem == "imagenet":  # 7×7 stride-2 conv + 3×3 stride-2 max-pool, for 224 px inputs
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                nn.MaxPool2d(3, stride=2, padding=1),
-            )
+            self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         else:
             from ..errors import ConfigError
 
             raise ConfigError(f"ResNet stem '{stem}' is unknown: valid choices: cifar, imagenet")
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+        self.stem = StemView(self.conv1, self.bn1, self.relu, self.maxpool)
         self._planes = 64
         self.layer1 = self._make_stage(block, 64, blocks[0], 1, expansion)
         self.layer2 = self._make_stage(block, 128, blocks[1], 2, expansion)
@@ -89,6 +110,13 @@ class ResNet(nn.Module):
             layers.append(block(self._planes, planes, stride if i == 0 else 1))
             self._planes = planes * expansion
         return nn.Sequential(*layers)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # crossdistill's names before the torchvision layout: stem.0 = conv1, stem.1 = bn1
+        for old, new in (("stem.0.", "conv1."), ("stem.1.", "bn1.")):
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -118,21 +146,19 @@ def state_dict_from_torchvision(state: Dict[str, torch.Tensor], strip_prefix: st
                                 num_classes: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """A torchvision-layout ResNet state dict (as released by MoCo, BYOL, SwAV, ... checkpoints) →
     one for :class:`ResNet` with ``stem="imagenet"``: ``strip_prefix`` removed (e.g.
-    ``"module.encoder_q."``), ``conv1``/``bn1`` renamed to ``stem.0``/``stem.1``. The classifier:
+    ``"module.encoder_q."``); the names are torchvision's already. The classifier:
     kept when it is one ``fc`` Linear; otherwise (a self-supervised MLP ``fc.0``, ``fc.2``, ... or
     none) replaced by zeros of ``num_classes`` outputs — a teacher's head is never read by methods
     that tap ``@pooled`` such as SimReg. Keys outside the backbone (a momentum encoder, queues) are
-    dropped. Save the result with ``torch.save`` and give it as ``teachers.X.weights``."""
+    dropped. Save the result with ``torch.save`` and give it as ``teachers.X.weights`` (or give the
+    original file with ``weights_layout: ssl``, see docs/teachers.md)."""
     out: Dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if strip_prefix:
             if not key.startswith(strip_prefix):
                 continue
             key = key[len(strip_prefix):]
-        head = key.split(".", 1)[0]
-        if head in ("conv1", "bn1"):
-            key = ("stem.0." if head == "conv1" else "stem.1.") + key.split(".", 1)[1]
-        elif head not in ("layer1", "layer2", "layer3", "layer4", "fc"):
+        if key.split(".", 1)[0] not in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"):
             continue
         out[key] = value
     linear = "fc.weight" in out and out["fc.weight"].dim() == 2 and set(k for k in out if k.startswith("fc.")) <= {"fc.weight", "fc.bias"}

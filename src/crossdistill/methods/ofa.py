@@ -33,9 +33,9 @@ from typing import ClassVar, List, Optional
 
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ShapeError
 from ..losses.cross_architecture import ofa_loss
-from ..tokens import MAX_PREFIX, is_tokens
+from ..tokens import is_tokens, token_grid
 from .base import TARGET, Method, NonNegative, Positive, PositiveInt, register_method
 
 
@@ -61,8 +61,11 @@ class FirstToken(nn.Module):
 
 
 def _has_prefix(n: int) -> bool:
-    side = int(n ** 0.5)
-    return 0 < n - side * side <= MAX_PREFIX
+    """Whether ``n`` tokens start with class/distillation tokens (a square patch grid after them)."""
+    try:
+        return token_grid(n)[0] > 0
+    except ShapeError:  # no square grid: treat every token alike
+        return False
 
 
 def exit_branch(shape, later: int, width: int, num_classes: int, heads: int) -> nn.Module:

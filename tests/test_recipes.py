@@ -31,7 +31,8 @@ def _fake_imagefolder(root, classes=("a", "b"), per_class=3, size=40):
             folder = root / split / c
             folder.mkdir(parents=True)
             for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+                # different aspect ratios, as real photos: the ImageNet pipeline crops each from its original
+                Image.fromarray(rng.integers(0, 256, (size, size + 8 * i, 3), dtype=np.uint8)).save(folder / f"{i}.png")
 
 
 def _torchvision_layout_weights(path):
@@ -69,7 +70,7 @@ def test_imagenet_simreg_recipes_run_a_few_steps_on_fake_data(tmp_path):
         cfg = load_config(RECIPES / f"{name}.yaml")
         assert cfg.train.epochs == 130 and cfg.train.optimizer.lr == 0.05 and cfg.data.batch_size == 256
         assert cfg.task == "self_supervised" and cfg.data.augment == "resized_crop_flip"
-        overrides = [f"data.root={tmp_path / 'data'}", "data.options={image_size: 32}", "data.batch_size=3",
+        overrides = [f"data.root={tmp_path / 'data'}", "data.options={image_size: 32, pipeline: imagenet}", "data.batch_size=3",
                      "data.num_workers=0", f"output_dir={tmp_path / name.replace('/', '_')}", "train.epochs=1",
                      "train.max_steps_per_epoch=2", "train.precision=fp32", "train.channels_last=false",
                      "train.progress=false"]

@@ -156,3 +156,23 @@ def test_listed():
     assert out.returncode == 0, out.stderr
     assert "vit_tiny_patch4_32" in out.stdout.split() and "deit_base_distilled_patch16_224" in out.stdout.split()
     assert isinstance(create_model("vit_small_patch4_32", num_classes=3, depth=1), VisionTransformer)
+
+
+def test_a_vit_student_learns_from_a_cnn_teacher_on_built_in_data(tmp_path):
+    """The config path end to end: a ViT student, a (random) CNN teacher, KD, two steps on shapes."""
+    from crossdistill.build import build_run
+    from crossdistill.cli import RECIPES
+    from crossdistill.config import load_config
+    from crossdistill.engine.trainer import Trainer
+
+    overrides = [
+        "student.name=vit_tiny_patch4_32", "student.options={depth: 2, embed_dim: 64, num_heads: 2}",
+        "data.options={num_classes: 10, image_size: 32, train_size: 64, test_size: 32}", "data.batch_size=16",
+        "data.num_workers=0", "teachers={default: {model: resnet8, num_classes: 10, random_init: true}}",
+        "distill.terms=[{method: kd, weight: 0.9, T: 4}]", "train.epochs=1", "train.max_steps_per_epoch=2",
+        "train.optimizer={name: adamw, lr: 0.001, weight_decay: 0.05}", "train.precision=fp32", "train.progress=false",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    run = build_run(load_config(RECIPES / "quickstart/student.yaml", overrides))
+    summary = Trainer(run).fit()
+    assert summary["last"]["step"] == 2 and 0 <= summary["last"]["acc"] <= 1

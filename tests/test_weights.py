@@ -328,3 +328,18 @@ def test_wrong_weights_file_is_one_line_from_the_cli(tmp_path):
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, res.stderr
     assert "do not fit the teacher 'default'" in lines[0] and "missing" in lines[0] and "unexpected" in lines[0]
+
+
+def test_a_student_starts_from_a_torchvision_file(tmp_path):
+    from crossdistill.build import build_student
+    from crossdistill.cli import RECIPES
+    from crossdistill.config import load_config
+    from crossdistill.tasks import create_task
+
+    tv = random_state(tv_resnet_shapes(18, num_classes=10))
+    torch.save({"state_dict": {"module." + k: v for k, v in tv.items()}}, tmp_path / "r18.pth")  # DataParallel's
+    cfg = load_config(RECIPES / "quickstart/student.yaml", [
+        "student.name=ResNet18", "student.options={stem: imagenet}", f"student.checkpoint={tmp_path / 'r18.pth'}",
+        "student.checkpoint_layout=torchvision"])
+    student, _ = build_student(cfg, create_task("classification", num_classes=10), 3)
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in tv.items())

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, default_collate
 from .checks import check_student_output
 from .config import Config, DataConfig, TeacherConfig, recipe_writing
 from .data import IndexedDataset, create_dataset
+from .data.imagenet import check_batchable
 from .data.transforms import build_eval_transform, build_train_transform
 from .data.seeded import AugmentedDataset, SampleFieldsDataset, copy_field
 from .data.wrappers import SubsetDataset, validation_split
@@ -59,6 +60,7 @@ def build_data(cfg: Config):
     if tc and d.copies > 1:
         raise ConfigError(f"teacher_cache stores the teacher's outputs for one view per sample; it cannot be combined "
                           f"with data.copies={d.copies} (several views per sample): remove one of the two")
+    check_batchable(train, d.augment)
     held_out = None
     if d.validation is not None:
         train_idx, val_idx = validation_split(len(train), d.validation)

@@ -50,7 +50,7 @@ class DataConfig(Strict):
     name: str = "shapes"
     root: Optional[UserPath] = None
     options: Dict[str, Any] = Field(default_factory=dict)  # dataset-specific, checked by the dataset
-    augment: Literal["crop_flip", "resized_crop_flip", "ssl", "none"] = "crop_flip"
+    augment: Literal["crop_flip", "resized_crop_flip", "ssl", "imagenet", "none"] = "crop_flip"
     # independently augmented copies of each training image: input, input_1, ... (two views for a
     # self-supervised objective; a different view for one network). Evaluation always sees one.
     copies: int = Field(1, ge=1, le=8)

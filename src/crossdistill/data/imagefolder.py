@@ -7,6 +7,10 @@
 - Images are decoded lazily with PIL in ``__getitem__`` (only the file list is kept in memory),
   converted to RGB (or L with ``in_channels=1``) and resized to ``image_size`` (default 32; an int
   or ``(H, W)``; the aspect ratio is not kept — crop your images first if it matters).
+- ``pipeline: imagenet`` instead returns every image at its own size (a JPEG decoded at a reduced
+  resolution where the crop allows it), for the standard ImageNet pipeline (``data/imagenet.py``):
+  ``augment: imagenet`` or ``resized_crop_flip`` crops training images from the original, and
+  evaluation resizes the shorter side to ``image_size / 0.875`` and takes the centre crop.
 - Normalisation defaults to the ImageNet mean/std (grey: their luma-weighted mean); override with
   ``mean``/``std``.
 """
@@ -26,7 +30,8 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GREY_MEAN, GREY_STD = (0.449,), (0.226,)
 
-DEFAULTS = dict(image_size=32, in_channels=3, mean=None, std=None, subset=None)
+DEFAULTS = dict(image_size=32, in_channels=3, mean=None, std=None, subset=None, pipeline="resize")
+PIPELINES = ("resize", "imagenet")
 _SPLIT_FALLBACK = {"test": "val", "val": "test"}
 
 
@@ -50,6 +55,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if channels not in (1, 3):
             raise ConfigError(f"dataset 'imagefolder': option in_channels={channels!r} must be 1 or 3")
         subset = optional_subset(o["subset"], "imagefolder")
+        if o["pipeline"] not in PIPELINES:
+            raise ConfigError(f"dataset 'imagefolder': option pipeline={o['pipeline']!r} must be one of "
+                              f"{', '.join(PIPELINES)}")
+        self.variable_size = o["pipeline"] == "imagenet"  # each image at its own size (data/imagenet.py)
         if root is None:
             raise DataError(
                 "imagefolder needs root=DIR with images in DIR/train/CLASS_NAME/*.png (and DIR/test/...); "
@@ -95,6 +104,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.files = [p for p, _ in files]
         self.labels = torch.tensor([lab for _, lab in files], dtype=torch.long)
         self.root, self.split = folder, split
+        self.decode_for = "train" if split == "train" else "eval"  # the JPEG draft size (data/imagenet.py)
         self._mean = torch.tensor(self.info.mean).view(-1, 1, 1)
         self._std = torch.tensor(self.info.std).view(-1, 1, 1)
 
@@ -107,10 +117,16 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
         path = self.files[index]
         h, w = self.info.image_size
+        mode = "RGB" if self.info.in_channels == 3 else "L"
         try:
             with Image.open(path) as im:
-                im = im.convert("RGB" if self.info.in_channels == 3 else "L")
-                if im.size != (w, h):
+                if self.variable_size:
+                    from .imagenet import draft_size
+
+                    # a JPEG decodes at ½, ¼ or ⅛ scale when the crop that follows keeps image_size
+                    im.draft(mode, draft_size(im.width, im.height, (h, w), self.decode_for))
+                im = im.convert(mode)
+                if im.size != (w, h) and not self.variable_size:
                     im = im.resize((w, h), Image.BILINEAR)
                 arr = np.array(im, dtype=np.uint8)
         except (OSError, UnidentifiedImageError, ValueError) as e:
@@ -120,6 +136,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
     def __getitem__(self, index: int) -> Sample:
+        if self.variable_size:  # full-size photos: normalise in place, one pass fewer over the pixels
+            x = self.load_image(index).float().sub_(self._mean * 255.0).div_(self._std * 255.0)
+            return {"input": x, "label": self.labels[index]}
         x = self.load_image(index).float().div_(255.0)
         return {"input": (x - self._mean) / self._std, "label": self.labels[index]}
 

@@ -246,7 +246,7 @@ class RandomIntensityJitter:
                 f"saturation={self.saturation}, p={self.p}, grayscale_p={self.grayscale_p})")
 
 
-TRAIN_TRANSFORM_KINDS = ("crop_flip", "resized_crop_flip", "ssl", "none")
+TRAIN_TRANSFORM_KINDS = ("crop_flip", "resized_crop_flip", "ssl", "imagenet", "none")
 
 
 def build_train_transform(
@@ -260,6 +260,8 @@ def build_train_transform(
     - ``ssl``: ``resized_crop_flip`` + SimCLR's photometric jitter (brightness/contrast 0.4, and for
       RGB saturation 0.4 and grey with p = 0.2; jitter with p = 0.8) — strong enough for a
       self-supervised objective on two views; hue and blur are left out
+    - ``imagenet``: the standard ImageNet crop, random resized crop at scale 0.08–1, + flip
+      (with the image folder's ``pipeline: imagenet``, from the original image: data/imagenet.py)
     - ``none``: identity
     """
     size = tuple(info.image_size)
@@ -280,6 +282,11 @@ def build_train_transform(
             RandomHorizontalFlip(0.5, generator=generator),
             RandomIntensityJitter(info.mean, info.std, generator=generator),
         ])
+    if kind == "imagenet":
+        return Compose([
+            RandomResizedCrop(size, scale=(0.08, 1.0), generator=generator),
+            RandomHorizontalFlip(0.5, generator=generator),
+        ])
     if kind == "none":
         return Compose([])
     raise ConfigError(
@@ -288,5 +295,8 @@ def build_train_transform(
 
 
 def build_eval_transform(info: DatasetInfo) -> Compose:
-    """Identity: the datasets already return normalised inputs at ``info.image_size``."""
-    return Compose([])
+    """Identity for inputs at ``info.image_size`` (every dataset but the image folder's ``pipeline:
+    imagenet``, whose images are resized and centre-cropped here: data/imagenet.py)."""
+    from .imagenet import ResizeCenterCrop
+
+    return Compose([ResizeCenterCrop(tuple(info.image_size))])

@@ -343,3 +343,20 @@ def test_a_student_starts_from_a_torchvision_file(tmp_path):
         "student.checkpoint_layout=torchvision"])
     student, _ = build_student(cfg, create_task("classification", num_classes=10), 3)
     assert all(torch.equal(student.state_dict()[k], v) for k, v in tv.items())
+
+
+def test_imagenet_mobilenet_v2_follows_the_zoo_conventions():
+    model = create_model("mobilenet_v2", num_classes=10).eval()
+    assert sum(p.numel() for p in create_model("mobilenet_v2", num_classes=1000).parameters()) == 3_504_872
+    seen = {}
+    paths = ["stem", *model.feature_layers, model.pooled_layer]
+    hooks = [model.get_submodule(p).register_forward_hook(lambda m, i, o, p=p: seen.__setitem__(p, o)) for p in paths]
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    for h in hooks:
+        h.remove()
+    assert out.shape == (2, 10) and model.get_submodule(model.classifier).out_features == 10
+    assert seen["stem"].shape == (2, 32, 32, 32)
+    assert [tuple(seen[p].shape[1:]) for p in model.feature_layers] == [(24, 16, 16), (32, 8, 8), (96, 4, 4), (1280, 2, 2)]
+    assert seen["pool"].shape == (2, 1280)
+    assert not any(getattr(m, "inplace", False) for m in model.modules())

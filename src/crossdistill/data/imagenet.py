@@ -17,17 +17,20 @@ followed by the same resize would give, at a fraction of the time for large phot
 ``data.num_workers`` ≈ the CPU cores available per GPU (8 in the recipes) so that decoding keeps up.
 
 Why no image library: torchvision (whose ``transforms.v2`` is the usual choice) is broken beside the
-pinned CPU torch (docs/ENVIRONMENT facts), and kornia, which works, augments batches of equal-size
-tensors on the accelerator — it cannot crop each original image before batching, and it was dropped
-for speed on the small-image recipes (docs/speed.md). Pillow decodes (already a dependency); the crop
-and resize are torch's antialiased bilinear interpolation, tested against the documented algorithm.
+pinned CPU torch (docs/ENVIRONMENT facts). albumentations 2.0 does install beside it (with
+opencv-python-headless, checked with ``pip install --dry-run``), but draws from its own NumPy random
+state: the crop and flip must come from the per-sample ``(seed, epoch, index)`` torch RNG that makes
+resume bit-identical and the teacher cache's views replayable (data/seeded.py), and it would add
+OpenCV for two operations. kornia works too but augments batches of equal-size tensors — it cannot
+crop each original image before batching — and was dropped for speed (docs/speed.md). So Pillow
+decodes (already a dependency, with libjpeg-turbo's DCT scaling through ``draft``), and the crop and
+resize are torch's antialiased bilinear interpolation, tested against the documented algorithm.
 """
 from __future__ import annotations
 
 import math
 from typing import Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -70,8 +73,9 @@ class ResizeCenterCrop:
     def __call__(self, sample):
         x = sample["input"]
         h, w = x.shape[-2:]
-        if (h, w) == self.size:
-            return sample
+        if (h, w) == self.size or any(k != "input" and isinstance(v, Tensor) and v.dim() >= 2 and v.shape[-2:] == (h, w)
+                                      for k, v in sample.items()):
+            return sample  # at its size already, or a dense sample (mask, depth) this classification step must not split
         short = eval_resize(self.size)
         scale = short / min(h, w)
         nh, nw = max(self.size[0], int(round(h * scale))), max(self.size[1], int(round(w * scale)))
@@ -92,11 +96,3 @@ def check_batchable(dataset, augment: str) -> None:
                           "pipeline: imagenet differ in size; use data.augment: imagenet (scale 0.08-1) or "
                           "resized_crop_flip (scale 0.2-1)")
 
-
-def to_tensor(arr) -> Tensor:
-    """``H×W×C`` uint8 array → ``C×H×W`` float in [0, 1]."""
-    import numpy as np
-
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(255.0)

@@ -53,3 +53,72 @@ def register_test_models() -> None:
 
     if "test_plainnet" not in MODELS:
         register_model("test_plainnet")(PlainNet)
+
+
+class _TokenAt(nn.Module):
+    def __init__(self, index):
+        super().__init__()
+        self.index = index
+
+    def forward(self, tokens):
+        return tokens[:, self.index]
+
+
+class _PatchMean(nn.Module):
+    def __init__(self, prefix):
+        super().__init__()
+        self.prefix = prefix
+
+    def forward(self, tokens):
+        return tokens[:, self.prefix:].mean(1)
+
+
+class _Grid(nn.Module):
+    def __init__(self, prefix):
+        super().__init__()
+        self.prefix = prefix
+        self.grid = (0, 0)
+
+    def forward(self, tokens):
+        p = tokens[:, self.prefix:]
+        return p.transpose(1, 2).reshape(p.shape[0], p.shape[2], *self.grid)
+
+
+class TinyViT(nn.Module):
+    """A tiny vision transformer with the zoo's ViT conventions (models/vit.py): blocks return
+    ``[B, N, C]`` tokens (class token first, then DeiT's distillation token when ``distilled``);
+    ``feature_layers`` (block outputs), ``cls_layer`` = ``pooled_layer``, ``tokens_layer``,
+    ``token_map_layer``, and with ``distilled`` a ``head_dist`` named by ``dist_head``; ``forward``
+    returns the mean of both heads for a distilled model."""
+
+    def __init__(self, num_classes=5, in_channels=3, dim=16, depth=2, patch=4, distilled=False):
+        super().__init__()
+        self.patch = patch
+        self.prefix = 2 if distilled else 1
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.randn(1, self.prefix, dim) * 0.02)
+        self.blocks = nn.Sequential(*[nn.TransformerEncoderLayer(dim, 2, 2 * dim, dropout=0.0, batch_first=True,
+                                                                 norm_first=True) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.cls_pool, self.token_pool, self.token_grid = _TokenAt(0), _PatchMean(self.prefix), _Grid(self.prefix)
+        self.head = nn.Linear(dim, num_classes)
+        self.feature_layers = tuple(f"blocks.{i}" for i in range(depth))
+        self.pooled_layer = self.cls_layer = "cls_pool"
+        self.tokens_layer, self.token_map_layer, self.classifier = "token_pool", "token_grid", "head"
+        if distilled:
+            self.dist_pool = _TokenAt(1)
+            self.head_dist = nn.Linear(dim, num_classes)
+            self.dist_head = "head_dist"
+
+    def forward(self, x):
+        h, w = x.shape[-2] // self.patch, x.shape[-1] // self.patch
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], 1)
+        tokens = self.norm(self.blocks(tokens))
+        self.token_grid.grid = (h, w)
+        self.token_pool(tokens)
+        self.token_grid(tokens)
+        logits = self.head(self.cls_pool(tokens))
+        if self.prefix == 2:
+            logits = (logits + self.head_dist(self.dist_pool(tokens))) / 2
+        return logits

@@ -22,7 +22,7 @@ PKG = "crossdistill"
 LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("foundation", ("errors", "registry", "options", "phases", "matmul")),
     ("runtime", ("engine.device", "engine.distributed", "engine.checkpoint", "engine.sampler", "engine.rng")),
-    ("parts", ("models", "data", "tasks", "views", "taps", "sides", "precision", "checks")),
+    ("parts", ("models", "data", "tasks", "views", "taps", "tokens", "sides", "precision", "checks")),
     ("pieces", ("losses", "projectors")),
     ("methods", ("methods",)),
     ("config", ("config",)),

@@ -22,6 +22,7 @@ from .engine.trainer import Trainer
 from .errors import ConfigError, CrossDistillError, worker_error_line
 from .methods import METHODS
 from .models import create_model, list_models
+from .sides import TOKEN_ALIASES
 from .tasks import TASKS
 
 
@@ -91,9 +92,13 @@ def cmd_list(args) -> int:
             raise ConfigError("`crossdistill list layers MODEL` needs a model name")
 
         model = create_model(args.model, num_classes=10)
-        tagged = {p: tag for tag, ps in (("stage", getattr(model, "feature_layers", ())),
-                                         ("pooled", [getattr(model, "pooled_layer", None)]),
-                                         ("encoder", [getattr(model, "encoder_layer", None)])) for p in ps if p}
+        tagged: dict = {}
+        for tag, ps in (("stage", getattr(model, "feature_layers", ())), ("pooled", [getattr(model, "pooled_layer", None)]),
+                        ("encoder", [getattr(model, "encoder_layer", None)]),
+                        *((alias[1:], [getattr(model, attr, None)]) for alias, attr in TOKEN_ALIASES.items())):
+            for p in ps:
+                if isinstance(p, str):  # a layer may carry several aliases (a ViT's class token is @pooled and @cls)
+                    tagged[p] = f"{tagged[p]} {tag}" if p in tagged else tag
         for p in getattr(model, "preact_layers", ()):  # the pre-activations AB reads (@preacts)
             base = p[: -len(":input")] if p.endswith(":input") else p
             tagged[base] = (tagged.get(base, "") + " preact" + (" (its input)" if base != p else "")).strip()

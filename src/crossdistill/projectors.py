@@ -12,6 +12,18 @@ Vectors ``[B, D]`` are joined with a linear layer, feature maps ``[B, C, H, W]``
 (optionally conv-BN, as FitNet's regressor), and the projected map is resized to the *student's*
 spatial size in both directions. Shapes come from one dry-run forward (see ``Distiller``).
 
+Token tensors ``[B, N, C]`` (a vision transformer's blocks) are joined with a linear layer over the
+channel axis, shared by every token (conv-BN: that layer, then BatchNorm over the channels). Before
+any projection, :func:`align_layouts` puts the teacher's tensor in the student's layout — the
+generic tokens ↔ map step (:mod:`crossdistill.tokens`):
+
+- student map, teacher tokens: the teacher's patch tokens become a map (class/distillation tokens
+  dropped, square grid inferred), then the map path above (1×1 conv, resized to the student's size);
+- student tokens, teacher map: the teacher's map is resized to the student's patch grid and
+  flattened to tokens; the student's patch tokens (prefix tokens dropped) are compared with it;
+- both tokens: as they are when the token counts agree (class token against class token), else
+  both sides' patch tokens, the teacher's grid resized to the student's.
+
 Readings of the projector (:class:`ProjectorOptions`, the option ``projector_options`` of every
 method that builds a :class:`Projector`; docs/cross_task.md says where each comes from):
 
@@ -39,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from .errors import ConfigError, ShapeError
+from .tokens import as_map, is_tokens, map_to_tokens, patch_tokens, token_grid
 
 DIRECTIONS = ("standard", "inverted", "identity")
 #: the attribute a parameter carries when it wants its own weight decay (see ``set_weight_decay``)
@@ -126,8 +139,32 @@ def match_spatial(x: Tensor, size: Tuple[int, ...]) -> Tensor:
 
 
 def pool_to_vector(x: Tensor) -> Tensor:
-    """A feature map ``[B, C, H, W]`` becomes ``[B, C]`` (global average); vectors pass through."""
+    """A feature map ``[B, C, H, W]`` becomes ``[B, C]`` (global average), tokens ``[B, N, C]`` the
+    mean over all their tokens ``[B, C]``; vectors pass through."""
+    if is_tokens(x):
+        return x.mean(dim=1)
     return x.mean(dim=(2, 3)) if x.dim() == 4 else x.flatten(1)
+
+
+def align_layouts(z_s: Tensor, z_t: Tensor) -> Tuple[Tensor, Tensor]:
+    """The teacher's tensor in the student's layout, before any projection (module docstring):
+    tokens ↔ map, patch tokens only when the grids must be matched. Vectors and same-layout maps
+    pass through unchanged."""
+    if is_tokens(z_t) and z_s.dim() == 4:
+        return z_s, as_map(z_t)
+    if is_tokens(z_s) and (z_t.dim() == 4 or (is_tokens(z_t) and z_t.shape[1] != z_s.shape[1])):
+        _, side = token_grid(z_s.shape[1])
+        return patch_tokens(z_s), map_to_tokens(match_spatial(as_map(z_t), (side, side)))
+    return z_s, z_t
+
+
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the channel (last) axis of tokens ``[B, N, C]`` (statistics over batch and tokens)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3:
+            return super().forward(x)
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
 def linear_map(in_shape: torch.Size, out_shape: torch.Size, kind: str = "linear", bias: bool = False,
@@ -136,6 +173,12 @@ def linear_map(in_shape: torch.Size, out_shape: torch.Size, kind: str = "linear"
     if len(in_shape) == 1 and len(out_shape) == 1:
         layer = nn.Linear(in_shape[0], out_shape[0], bias=bias)
         return nn.utils.parametrizations.orthogonal(layer) if orthogonal else layer
+    if len(in_shape) == 2 and len(out_shape) == 2:
+        # tokens [N, C]: one linear map over the channels, shared by every token
+        layer = nn.Linear(in_shape[-1], out_shape[-1], bias=bias)
+        if orthogonal:
+            nn.utils.parametrizations.orthogonal(layer)
+        return nn.Sequential(layer, TokenBatchNorm(out_shape[-1])) if kind == "conv_bn" else layer
     if len(in_shape) == 3 and len(out_shape) == 3:
         if orthogonal:
             conv = PointwiseConv(in_shape[0], out_shape[0], bias=bias)
@@ -147,7 +190,7 @@ def linear_map(in_shape: torch.Size, out_shape: torch.Size, kind: str = "linear"
         return conv
     raise ShapeError(
         f"no projector joins a feature of shape {tuple(in_shape)} to one of shape {tuple(out_shape)}: "
-        "tap layers that are both vectors or both feature maps"
+        "tap layers that are both vectors, or feature maps / token tensors"
     )
 
 
@@ -166,9 +209,13 @@ class Projector(nn.Module):
         self.direction = direction
         self.options = o = ProjectorOptions.coerce(options)
         s, t = torch.Size(student_shape), torch.Size(teacher_shape)
+        if len(s) >= 2 and len(t) >= 2:  # tokens / maps: the shapes after the layout step
+            z_s, z_t = align_layouts(torch.empty((1, *s), device="meta"), torch.empty((1, *t), device="meta"))
+            s, t = z_s.shape[1:], z_t.shape[1:]
+        ch = -1 if len(s) == 2 else 0  # the channel axis (tokens: last)
         if direction == "identity":
             self.map = nn.Identity()
-            if s[:1] != t[:1] or len(s) != len(t):
+            if s[ch] != t[ch] or len(s) != len(t):
                 raise ShapeError(
                     f"student feature {tuple(s)} and teacher feature {tuple(t)} differ and the projector is "
                     "'identity': use projector=standard or projector=inverted"
@@ -181,10 +228,12 @@ class Projector(nn.Module):
         # the compared space: the teacher's for "standard", the student's otherwise
         compared = t if direction == "standard" else s
         if o.norm == "batchnorm":
-            bn = nn.BatchNorm1d if len(compared) == 1 else nn.BatchNorm2d
-            self.norm_s, self.norm_t = bn(compared[0], affine=False), bn(compared[0], affine=False)
+            bn = {1: nn.BatchNorm1d, 2: TokenBatchNorm}.get(len(compared), nn.BatchNorm2d)
+            width = compared[-1] if len(compared) == 2 else compared[0]
+            self.norm_s, self.norm_t = bn(width, affine=False), bn(width, affine=False)
 
     def forward(self, z_s: Tensor, z_t: Tensor) -> Tuple[Tensor, Tensor]:
+        z_s, z_t = align_layouts(z_s, z_t)
         if self.direction == "standard":
             z_s = self.map(z_s)
         elif self.direction == "inverted":

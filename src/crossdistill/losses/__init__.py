@@ -20,6 +20,7 @@ from .contrastive import (
     crd_scores,
     with_gradient,
 )
+from .cross_architecture import deit_hard_loss, deit_soft_loss, ofa_loss
 from .distances import feature_distance, l2_distance, log_sum_distance, smooth_l1_distance
 from .features import (
     ab_loss,
@@ -70,6 +71,9 @@ __all__ = [
     "mlkd_class_loss",
     "median_kept_fraction",
     "mlkd_levels",
+    "deit_soft_loss",
+    "deit_hard_loss",
+    "ofa_loss",
     "feature_distance",
     "l2_distance",
     "smooth_l1_distance",

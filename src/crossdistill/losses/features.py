@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError, ShapeError
+from ..tokens import as_map
 
 
 def _same_shape(name: str, a: Tensor, b: Tensor) -> None:
@@ -119,8 +120,10 @@ def attention_map(f: Tensor, p: float = 2.0) -> Tensor:
     (``eps = 1e-12``). Returns ``[B, H·W]`` in float32. ``|·|`` makes odd ``p`` well-defined; for the
     default ``p = 2`` it is the reference's ``f.pow(2).mean(1)``. Computed as ``||f||_p^p`` over the
     channels (the ``1/C`` of the mean cancels in the normalisation): one float32-accumulating pass
-    over the map instead of four (abs, pow, mean, and a float32 copy).
+    over the map instead of four (abs, pow, mean, and a float32 copy). Token tensors ``[B, N, C]``
+    are read as their patch-token map (:func:`crossdistill.tokens.tokens_to_map`).
     """
+    f = as_map(f)
     if f.dim() < 3:
         raise ShapeError(f"attention_map needs a [B, C, H, W] map, got {tuple(f.shape)}")
     am = torch.linalg.vector_norm(f, ord=p, dim=1, dtype=_acc(f)).pow(p).flatten(1)
@@ -132,7 +135,9 @@ def at_loss(fs: Tensor, ft: Tensor, p: float = 2.0) -> Tensor:
 
     ``a`` is :func:`attention_map`; the mean runs over batch and the ``H·W`` positions (RepDistiller's
     ``(at(fs) − at(ft)).pow(2).mean()``). Channel counts may differ; spatial sizes must match.
+    Token tensors ``[B, N, C]`` are read as their patch-token maps.
     """
+    fs, ft = as_map(fs), as_map(ft)
     if fs.shape[0] != ft.shape[0] or fs.shape[2:] != ft.shape[2:]:
         raise ShapeError(
             f"at_loss: batch and spatial sizes must match (resize first), got {tuple(fs.shape)} and {tuple(ft.shape)}"
@@ -232,8 +237,9 @@ def nst_loss(fs: Tensor, ft: Tensor) -> Tensor:
 
     (polynomial kernel of degree 2 with ``c = 0``; means over batch and channel pairs). Channel counts
     may differ; spatial sizes must match. Computed in float32 (float64 for float64 input) with a
-    hand-written backward (``_MMDPoly2``).
+    hand-written backward (``_MMDPoly2``). Token tensors ``[B, N, C]`` are read as their patch-token maps.
     """
+    fs, ft = as_map(fs), as_map(ft)
     if fs.shape[0] != ft.shape[0] or fs.shape[2:] != ft.shape[2:]:
         raise ShapeError(
             f"nst_loss: batch and spatial sizes must match (resize first), got {tuple(fs.shape)} and {tuple(ft.shape)}"

@@ -3,7 +3,8 @@ spectral regularisers (docs/cross_task.md; the paper's own formulas were not rea
 
 Rows and features: a ``[B, D]`` tensor has ``N = B`` rows of dimension ``d = D``; a dense map
 ``[B, C, H, W]`` (or any ``[B, C, *]``) has ``N = B·H·W`` rows of dimension ``d = C`` — every pixel is a
-sample and the channel axis is the feature axis. ``Z`` below is that ``[N, d]`` matrix, ``σ_i(Z)`` its
+sample and the channel axis is the feature axis; tokens ``[B, N, C]`` have ``N = B·N`` rows of dimension
+``d = C`` (channels last). ``Z`` below is that ``[N, d]`` matrix, ``σ_i(Z)`` its
 singular values in decreasing order.
 """
 from __future__ import annotations
@@ -18,11 +19,14 @@ from ..errors import ConfigError, ShapeError
 
 
 def feature_rows(z: Tensor) -> Tensor:
-    """``[B, D]`` unchanged; ``[B, C, *]`` → ``[B·∏*, C]`` (channel last, then flattened)."""
+    """``[B, D]`` unchanged; tokens ``[B, N, C]`` → ``[B·N, C]``; ``[B, C, H, W]`` (or ``[B, C, *]``
+    beyond 3 dims) → ``[B·∏*, C]`` (channel last, then flattened)."""
     if z.dim() < 2:
         raise ShapeError(f"expected [B, D] or [B, C, H, W] features, got {tuple(z.shape)}")
     if z.dim() == 2:
         return z
+    if z.dim() == 3:  # tokens: channels already last
+        return z.reshape(-1, z.shape[-1])
     return z.movedim(1, -1).reshape(-1, z.shape[1])
 
 
@@ -46,7 +50,7 @@ def inverted_l2_decomposition(z_s: Tensor, z_t_proj: Tensor) -> Dict[str, Tensor
         )
     if z_s.dim() < 2:
         raise ShapeError(f"expected [B, D] or [B, C, H, W] features, got {tuple(z_s.shape)}")
-    n = z_s.numel() // z_s.shape[1]
+    n = feature_rows(z_s).shape[0]
     loss = (z_s - z_t_proj).pow(2).sum() / n
     transfer = (-2.0 * (z_s * z_t_proj).sum() + z_t_proj.pow(2).sum()) / n
     spectral = z_s.pow(2).sum() / n

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..losses import at_loss
 from ..projectors import match_spatial
+from ..tokens import as_map
 from .base import Method, Positive, check_pairs, register_method, sum_over_pairs
 
 
@@ -26,4 +27,6 @@ class AT(Method):
         check_pairs("at", s, t)
 
     def forward(self, s, t, batch):
-        return sum_over_pairs(lambda fs, ft: at_loss(fs, match_spatial(ft, fs.shape[-2:]), self.p), s, t)
+        # token tensors [B, N, C] (a transformer's) are read as their patch-token maps
+        return sum_over_pairs(lambda fs, ft: at_loss(as_map(fs), match_spatial(as_map(ft), as_map(fs).shape[-2:]),
+                                                     self.p), s, t)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..losses import feature_distance, inverted_l2_decomposition
 from ..projectors import Projector, ProjectorOptions
+from ..tokens import channel_dim
 from .base import Method, Positive, register_method
 
 
@@ -60,7 +61,7 @@ class FitNet(Method):
         out = {"loss": feature_distance(self.distance, z_s, z_t, alpha=self.alpha), **self.projector.spectrum_logs()}
         if self.projector_direction == "inverted" and self.distance == "l2":
             # MSE = (row-wise squared L2) / d, so each part is divided by d to stay on the MSE scale
-            d = z_s.shape[1]
+            d = z_s.shape[channel_dim(z_s)]
             parts = inverted_l2_decomposition(z_s, z_t)
             out.update(transfer=parts["transfer"] / d, spectral=parts["spectral"] / d)
         return out

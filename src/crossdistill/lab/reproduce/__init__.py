@@ -22,6 +22,7 @@ REPRODUCTIONS: Dict[str, Tuple[str, str]] = {
     "teacher-cache": ("teacher_cache", "reproduce_teacher_cache"),
     "dpk-teacher-size": ("dpk", "reproduce_dpk_teacher_size"),
     "simreg": ("simreg", "reproduce_simreg"),
+    "cross-architecture": ("cross_architecture", "reproduce_cross_architecture"),
 }
 
 

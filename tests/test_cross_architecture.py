@@ -210,7 +210,7 @@ def test_deit_trains_the_distillation_head(distillation):
     torch.manual_seed(0)
     student = TinyViT(distilled=True)
     d = Distiller(student, TinyNet(), [DeiT(distillation=distillation)], example_input=toy_batch(2, size=16)["input"])
-    assert d._s_paths[0] == ["head_dist"]
+    assert d.plans[0].student_paths == ["head_dist"]
     head_before = student.head.weight.detach().clone()
     values = _steps(d, "deit", lr=3e-3)
     assert values[-1] < 0.9 * values[0], values

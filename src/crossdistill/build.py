@@ -194,7 +194,8 @@ def build_distiller(cfg: Config, info, task: Task, example: torch.Tensor, num_sa
         fields = {n: t.input_field for n, t in cfg.teachers.items()}
         fields["student"] = cfg.distill.student_input_field
         distiller = Distiller(student, teachers, terms, task=task, task_weight=cfg.distill.task_weight,
-                              example_input=example, input_transforms=views, input_fields=fields)
+                              example_input=example, input_transforms=views, input_fields=fields,
+                              fast_teacher=cfg.distill.fast_teacher)
         if check_batch is not None:
             view = views.get("student")
             check_student_output(student, task, {**check_batch, "input": view(check_batch["input"]) if view

@@ -33,6 +33,7 @@ from .checks import check_input_channels, check_module, check_terms, check_weigh
 from .errors import ConfigError, DataError, NotBuiltError, ShapeError
 from .methods.base import TARGET, DataSetup, Method, SampleField, as_list, split_loss
 from .taps import INPUT_SUFFIX, OUTPUT, FeatureTap, StudentEdits, split_path, unwrap
+from .teacher_runtime import prepare_teacher
 
 Batch = Dict[str, Tensor]
 MAIN = "main"
@@ -198,6 +199,7 @@ class Distiller(nn.Module):
         example_input: Optional[Tensor] = None,
         input_transforms: Optional[Mapping[str, Callable[[Tensor], Tensor]]] = None,
         input_fields: Optional[Mapping[str, str]] = None,
+        fast_teacher: bool = True,
     ):
         super().__init__()
         self.student = check_module(student, "student")
@@ -229,6 +231,11 @@ class Distiller(nn.Module):
         self._autocast_handles: List[torch.utils.hooks.RemovableHandle] = []
         self.labels = self._labels()
         self._wire()
+        if fast_teacher:  # fold the BatchNorms no tap reads into their convolutions, in place (teacher_runtime.py)
+            mine = {id(p) for p in self.student.parameters()}
+            for name, teacher in self.teachers.items():
+                if not any(id(p) in mine for p in teacher.parameters()):  # never a teacher that is the student
+                    prepare_teacher(teacher, self._teacher_reads.get(name, ()))
         self.built = False
         if example_input is not None:
             self.build(example_input)

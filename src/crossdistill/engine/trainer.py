@@ -58,13 +58,14 @@ class Trainer:
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.rank = dist.get_rank() if self.world > 1 else 0
         self.is_main = self.rank == 0
-        self.precision = Precision.pick(self.tc.device, self.tc.precision, self.tc.channels_last)
+        self.precision = Precision.pick(self.tc.device, self.tc.precision, self.tc.channels_last, training=True)
         self.device = self.precision.device
         eval_dtype = pick_precision(self.tc.eval_precision, self.device)
         self.eval_precision = Precision(self.device, eval_dtype, pick_channels_last(None, self.device, eval_dtype))
         self.distiller = run.distiller.to(self.device)
         if self.precision.channels_last:
             self.distiller.student.to(memory_format=torch.channels_last)
+            self.distiller.teachers.to(memory_format=torch.channels_last)
         if self.tc.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=False)
         if self.tc.compile:

@@ -135,3 +135,28 @@ def test_a_teacher_that_is_the_student_is_not_folded():
     bns = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
     d = Distiller(net, {"default": net}, [build_method("kd")], example_input=torch.randn(2, 3, 32, 32))
     assert sum(isinstance(m, nn.BatchNorm2d) for m in d.student.modules()) == bns
+
+
+def test_a_compiled_student_keeps_its_taps_and_edits():
+    """``train.compile`` compiles the student in place (``student.compile()``): the Distiller's taps and
+    edits are forward hooks, which dynamo traces into the graph. Backend ``eager`` here (the same
+    tracing as inductor's, without minutes of C++ compilation on a CPU)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_edits import _distiller as edit_distiller
+
+    eager, batch = edit_distiller()
+    compiled, _ = edit_distiller()
+    compiled.student.compile(backend="eager")
+    eager.train(), compiled.train()
+    loss_e, parts_e = eager(batch)
+    loss_c, parts_c = compiled(batch)
+    assert compiled.terms[0].calls == eager.terms[0].calls == 1  # the edit ran in the compiled forward
+    assert _close(loss_c.detach(), loss_e.detach())
+    for k in parts_e:
+        assert _close(parts_c[k], parts_e[k]), k
+    loss_e.backward(), loss_c.backward()
+    for (n, a), (_, b) in zip(eager.student.named_parameters(), compiled.student.named_parameters()):
+        assert _close(b.grad, a.grad), n

@@ -8,7 +8,8 @@
     opt = torch.optim.SGD(distiller.trainable_parameters(), lr=0.05)
     loss, parts = distiller({"input": x, "label": y}); loss.backward(); opt.step()
 
-Teachers are frozen, kept in eval mode and run under ``no_grad``; they are not part of
+Teachers are frozen, kept in eval mode and run under ``no_grad``, their BatchNorms that no term
+reads folded into their convolutions (``fast_teacher``, see ``teacher_runtime.py``); they are not part of
 ``state_dict()`` (which holds the student and the methods' projectors/state, for resuming).
 ``distiller.student.state_dict()`` is the student alone, for export.
 

@@ -20,6 +20,11 @@ the module's ``state_dict`` changes: :func:`unfolded_state_dict` gives the teach
 (the teacher cache keys on it, so a cache filled with or without folding stays valid). Teachers are
 never saved in checkpoints (``Distiller.state_dict`` drops them), so folding is invisible there.
 
+Folding happens once, when a ``Distiller`` is made (``fast_teacher=True``): the paths read *then* are
+kept. A teacher module reused in a second Distiller that taps a folded BatchNorm gets the folded
+convolution's output at that path (equal within rounding), but its ``:input`` is then that output,
+not the convolution's: build each Distiller from a freshly loaded teacher, or pass ``fast_teacher=False``.
+
 The teacher's forward keeps running under ``no_grad`` (not ``inference_mode``): its outputs go into
 losses whose backward saves them, which inference tensors cannot be, and the ``clone()`` that would
 make them usable cost more than ``inference_mode`` saved (docs/speed.md, "The frozen teacher").

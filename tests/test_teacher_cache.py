@@ -21,6 +21,7 @@ from crossdistill.build import build_run
 from crossdistill.config import load_config
 from crossdistill.data.scenes import NUM_SEG_CLASSES
 from crossdistill.distiller import teacher_key
+from crossdistill.engine.device import pick_channels_last
 from crossdistill.engine.trainer import Trainer
 from crossdistill.errors import ConfigError
 
@@ -309,7 +310,8 @@ def test_two_ranks_fill_their_shares_and_read_their_shards(tmp_path):
             torch.testing.assert_close(r0["student"][k], r1["student"][k], rtol=0, atol=0)
     # the folder both ranks filled holds what one process computes
     single = _cfg(tmp_path / "single", **{"teacher_cache.fill_batch_size": 8})
-    run, _ = _attach(single)
+    # in the layout the trainer filled it in (the measured default for this CPU: engine/defaults.py)
+    run, _ = _attach(single, channels_last=pick_channels_last(None, torch.device("cpu"), None, training=True))
     from crossdistill.teacher_cache import _Store, _read_manifest
 
     shared = _Store(tmp_path / "run" / "teacher_cache", _read_manifest(tmp_path / "run" / "teacher_cache"))

@@ -219,7 +219,8 @@ def build_distiller(cfg: Config, info, task: Task, example: torch.Tensor, num_sa
         fields = {n: t.input_field for n, t in cfg.teachers.items()}
         fields["student"] = cfg.distill.student_input_field
         distiller = Distiller(student, teachers, terms, task=task, task_weight=cfg.distill.task_weight,
-                              example_input=example, input_transforms=views, input_fields=fields)
+                              example_input=example, input_transforms=views, input_fields=fields,
+                              fast_teacher=cfg.distill.fast_teacher)
         if check_batch is not None:
             view = views.get("student")
             check_student_output(student, task, {**check_batch, "input": view(check_batch["input"]) if view
@@ -269,13 +270,14 @@ def start_run(run: Run, output_dir: Optional[str] = None, resume: bool = False) 
     out = Path(output_dir or cfg.output_dir)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     rank = dist.get_rank() if world > 1 else 0
-    precision = Precision.pick(tc.device, tc.precision, tc.channels_last)
+    precision = Precision.pick(tc.device, tc.precision, tc.channels_last, training=True)
     device = precision.device
     eval_dtype = pick_precision(tc.eval_precision, device)
     eval_precision = Precision(device, eval_dtype, pick_channels_last(None, device, eval_dtype))
     distiller = run.distiller.to(device)
     if precision.channels_last:
         distiller.student.to(memory_format=torch.channels_last)
+        distiller.teachers.to(memory_format=torch.channels_last)
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=False)
     if tc.compile:

@@ -122,6 +122,8 @@ class DistillConfig(Strict):
     terms: List[TermConfig] = Field(default_factory=list)
     student_input: Literal["identity", "luminance", "chroma", "grayscale3"] = "identity"
     student_input_field: str = Field("input", pattern=INPUT_FIELD)  # as teachers.X.input_field
+    # fold the teachers' unread BatchNorms into their convolutions (same outputs within float rounding)
+    fast_teacher: bool = True
 
 
 class OptimizerConfig(Strict):

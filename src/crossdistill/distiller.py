@@ -8,15 +8,14 @@
     opt = torch.optim.SGD(distiller.trainable_parameters(), lr=0.05)
     loss, parts = distiller({"input": x, "label": y}); loss.backward(); opt.step()
 
-Teachers are frozen, kept in eval mode and run under ``no_grad``; they are not part of
+Teachers are frozen, kept in eval mode and run under ``no_grad``, their BatchNorms that no term
+reads folded into their convolutions (``fast_teacher``, ``teacher_runtime.py``); they are not part of
 ``state_dict()`` (which holds the student and the methods' projectors/state, for resuming).
 ``distiller.student.state_dict()`` is the student alone, for export.
 
-Inputs: every network reads the batch field ``"input"`` unless ``input_fields`` names another one
-(``{"teacher_a": "input_1"}``: an independently augmented copy, see ``data.copies``), then its
-``input_transforms`` view. A term that needs the student on further fields (two views for a
-self-supervised objective) lists them in ``Method.extra_student_inputs``; the student then runs
-once per distinct field, and the term's student tensors are its sides for each field in turn.
+Inputs: every network reads the batch field ``"input"`` unless ``input_fields`` names another
+(``{"teacher_a": "input_1"}``, see ``data.copies``), then its ``input_transforms`` view; a term's
+``Method.extra_student_inputs`` run the student once more per field (two views), its sides for each.
 """
 from __future__ import annotations
 
@@ -35,6 +34,7 @@ from .phases import MAIN
 from .precision import AUTOCAST_MODULES, REGION_SAFE, LossInput, TermAutocast, loss_input  # noqa: F401 (re-exported)
 from .sides import resolve_side, teacher_key  # noqa: F401 (re-exported)
 from .taps import OUTPUT, FeatureTap, StudentEdits
+from .teacher_runtime import prepare_teachers
 from .terms import (Batch, TermPlan, as_batch, bind_edit, cached_teacher, check_terms, extra_phases, fields_read, plan_terms,
                     read_field, teachers_needed, weight_decay_groups)
 
@@ -50,6 +50,7 @@ class Distiller(nn.Module):
         example_input: Optional[Tensor] = None,
         input_transforms: Optional[Mapping[str, Callable[[Tensor], Tensor]]] = None,
         input_fields: Optional[Mapping[str, str]] = None,
+        fast_teacher: bool = True,
     ):
         super().__init__()
         self.student = check_module(student, "student")
@@ -73,6 +74,8 @@ class Distiller(nn.Module):
         self._term_autocast = TermAutocast()
         self._autocast_handles: List[torch.utils.hooks.RemovableHandle] = []
         self._wire()
+        if fast_teacher:  # in place: the teachers never train, and their state is never saved
+            prepare_teachers(self.teachers, self.student, self._teacher_reads)
         self.built = False
         if example_input is not None:
             self.build(example_input)
@@ -219,11 +222,8 @@ class Distiller(nn.Module):
                 name, read_field(batch, self._field(name), f"teacher '{name}'"))
         return t_feats
 
-    def _term_inputs(self, i: int, s_feats, t_feats) -> Tuple[List[Tensor], List[Tensor]]:
+    def _term_inputs(self, i: int, s_feats, t_feats) -> Tuple[List[Tensor], List[Tensor]]:  # (tests, profiler)
         return self.plans[i].inputs(s_feats, t_feats)
-
-    def _term_batch(self, i: int, batch: Batch) -> Batch:
-        return self.plans[i].batch(batch)
 
     def forward(self, batch) -> Tuple[Tensor, Dict[str, Tensor]]:
         if not self.built:
@@ -234,7 +234,7 @@ class Distiller(nn.Module):
             batch[TARGET] = batch[self.task.target_key]  # methods find the task's target under one key
         phase = self.phase
         active = [term.active_in(phase) for term in self.terms]
-        term_batches = [self._term_batch(i, batch) if on else batch for i, on in enumerate(active)]
+        term_batches = [plan.batch(batch) if on else batch for plan, on in zip(self.plans, active)]
         try:
             # edits act in the training forward only (never in eval mode, predict, or the dry run)
             s_feats, t_feats = self._forward_networks(batch, active, term_batches if self.training else None)

@@ -49,6 +49,7 @@ from .engine.checkpoint import atomic_write_text
 from .errors import ConfigError, DataError
 from .sides import teacher_key
 from .taps import OUTPUT
+from .teacher_runtime import unfolded_state_dict
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -62,9 +63,10 @@ WHAT = {"teachers": "the teacher (its weights, class or input view)", "data": "t
 # ------------------------------------------------------------------------------ keys
 
 def weights_hash(model: torch.nn.Module) -> str:
-    """sha256 of a module's state (names, dtypes, shapes, values)."""
+    """sha256 of a module's state (names, dtypes, shapes, values); a teacher's state as it was before
+    its BatchNorms were folded (``distill.fast_teacher``), so the cache does not depend on that option."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(unfolded_state_dict(model).items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")

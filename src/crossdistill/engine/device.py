@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..errors import ConfigError
+from .defaults import cpu_precision, training_channels_last
 
 
 def pick_device(name: str) -> torch.device:
@@ -38,14 +39,19 @@ def pick_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
+        return cpu_precision(device)  # the measured table in engine/defaults.py
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def pick_channels_last(setting: Optional[bool], device: torch.device, dtype: Optional[torch.dtype]) -> bool:
-    """``None`` = the measured default: channels_last for reduced precision on CPU only."""
+def pick_channels_last(setting: Optional[bool], device: torch.device, dtype: Optional[torch.dtype],
+                       training: bool = False) -> bool:
+    """``None`` = the measured default. Training: the table in ``engine/defaults.py`` (per device kind
+    and precision, e.g. fp32 on an AVX2 CPU). Evaluation: channels_last for reduced precision on CPU
+    only, so an fp32 evaluation runs in the canonical layout ``crossdistill eval`` uses."""
     if setting is not None:
         return bool(setting)
+    if training:
+        return training_channels_last(device, dtype)
     return device.type == "cpu" and dtype is not None
 
 
@@ -58,10 +64,11 @@ class Precision:
     channels_last: bool = False
 
     @classmethod
-    def pick(cls, device: str, precision: str, channels_last: Optional[bool] = None) -> "Precision":
+    def pick(cls, device: str, precision: str, channels_last: Optional[bool] = None,
+             training: bool = False) -> "Precision":
         dev = pick_device(device)
         dtype = pick_precision(precision, dev)
-        return cls(dev, dtype, pick_channels_last(channels_last, dev, dtype))
+        return cls(dev, dtype, pick_channels_last(channels_last, dev, dtype, training))
 
     def autocast(self):
         if self.dtype is None:

@@ -74,7 +74,6 @@ for name, step in steps.items():
                         and len(list(m.children())) > 0 or (sub and sub.count(".") == 0 and not isinstance(m, (torch.nn.ModuleList, torch.nn.ParameterList))):
                     label_module(m, f"term.{lab}.{sub}")
         wrap_attr(d, "_term_inputs", "distiller.term_inputs(casts)")
-        wrap_attr(d, "_term_batch", "distiller.term_batch")
         if d.task is not None:
             wrap_attr(d.task, "loss", "task_loss")
     else:

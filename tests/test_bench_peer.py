@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-from crossdistill import bench
-from crossdistill.bench.peer import CACHE, FAST, PLAIN, cpu_model
+from crossdistill.lab import bench
+from crossdistill.lab.bench.peer import CACHE, FAST, PLAIN, cpu_model
 
 TOY = ["student=resnet8", "teacher=resnet14", "b=4", "size=16", "classes=5", "n=40", "k=8", "rounds=1", "warmup=0"]
 

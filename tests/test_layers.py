@@ -21,8 +21,8 @@ PKG = "crossdistill"
 #: layer or any lower one
 LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("foundation", ("errors", "registry", "options", "phases", "matmul")),
-    ("runtime", ("engine.device", "engine.distributed", "engine.checkpoint", "engine.sampler", "engine.rng")),
-    ("parts", ("models", "data", "tasks", "views", "taps", "tokens", "sides", "precision", "checks")),
+    ("runtime", ("engine.defaults", "engine.device", "engine.distributed", "engine.checkpoint", "engine.sampler", "engine.rng")),
+    ("parts", ("models", "data", "tasks", "views", "taps", "tokens", "teacher_runtime", "sides", "precision", "checks")),
     ("pieces", ("losses", "projectors")),
     ("methods", ("methods",)),
     ("config", ("config",)),

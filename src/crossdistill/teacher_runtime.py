@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .taps import split_path, unwrap
 
@@ -62,8 +64,6 @@ def _hooked(m: nn.Module) -> bool:
 
 def _find_pairs(model: nn.Module, keep: Iterable[str]) -> Tuple[List[Tuple[str, str]], List[str]]:
     """(conv path, bn path) pairs safe to fold, and the BNs left alone because something reads them."""
-    import torch.fx as fx
-
     keep_modules = {split_path(p)[0] for p in keep}
     opaque = {name for name, m in model.named_modules() if name and (_hooked(m) or name in keep_modules)}
 
@@ -108,8 +108,6 @@ def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
 @torch.no_grad()
 def fold_batchnorms(model: nn.Module, keep: Iterable[str] = ()) -> TeacherReport:
     """Fold every unread eval-mode BatchNorm into the convolution before it, in place."""
-    from torch.nn.utils.fusion import fuse_conv_bn_weights
-
     report = TeacherReport()
     base = unwrap(model)
     try:

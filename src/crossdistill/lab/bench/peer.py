@@ -24,14 +24,22 @@ the table (CPU model, torch's CPU capability, threads, load): the ratios depend 
 """
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import torch
 import torch.nn.functional as F
 
+from ...build import build_distiller, build_task
+from ...engine.defaults import device_kind, precision_name
+from ...engine.device import Precision
+from ...models import create_model
+from ...sides import teacher_key
+from ...taps import OUTPUT
 from ._common import interleave, machine, pick_device, ratios, summarise, table, write_json
 from ._steps import autocast, distiller_step, random_batch, sgd
+from .overhead import _info, row_config, with_sample_fields
 
 DEFAULTS: Dict[str, Any] = {
     "student": "resnet8x4", "teacher": "resnet32x4", "b": 64, "size": 32, "classes": 100,
@@ -52,8 +60,6 @@ def cpu_model() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import platform
-
     return platform.processor() or platform.machine()
 
 
@@ -80,9 +86,6 @@ def plain_kd_step(student: torch.nn.Module, teacher: torch.nn.Module, batch: Dic
 def build(o: Dict[str, Any], method: str, batch: Dict[str, Any], device: torch.device, fast_teacher: bool):
     """The method's Distiller as ``crossdistill train`` builds it from the pair's recipe (``bench
     overhead``'s rows: random teacher, n samples for CRD), with ``distill.fast_teacher`` as given."""
-    from ..build import build_distiller, build_task
-    from .overhead import _info, row_config
-
     cfg = row_config(o, method)
     cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"fast_teacher": fast_teacher})})
     info = _info(o)
@@ -95,11 +98,6 @@ def build(o: Dict[str, Any], method: str, batch: Dict[str, Any], device: torch.d
 
 def variants(o: Dict[str, Any], device: torch.device):
     """``{name: step}`` and ``{crossdistill row: plain row}`` for the chosen methods."""
-    from ..engine.device import Precision
-    from ..models import create_model
-    from ..distiller import OUTPUT, teacher_key
-    from .overhead import with_sample_fields
-
     fast = Precision.pick(device.type, "auto", None, training=True)  # what the trainer picks here
     plain_batch = random_batch(o["b"], o["size"], o["classes"], seed=o["seed"], device=device)
     plain_batch["index"] = torch.randperm(o["n"], generator=torch.Generator().manual_seed(o["seed"]))[: o["b"]].to(device)
@@ -143,8 +141,6 @@ def variants(o: Dict[str, Any], device: torch.device):
 
 
 def run(o: Dict[str, Any], print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
-    from ..engine.defaults import device_kind, precision_name
-
     dev = pick_device(o["device"])
     if o["threads"] is not None:
         torch.set_num_threads(o["threads"])

@@ -40,6 +40,10 @@ from .base import InitPhase, Method, NonNegative, NonNegativeInt, check_pairs, r
 
 @register_method("ab")
 class AB(InitPhase, Method):
+    paper = "Heo et al., AAAI 2019 — Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons"
+    year = 2019
+    kind = "features"
+    zoo = True
     default_weight = 1.0
     default_student = "@preacts"
     default_teacher = "@preacts"

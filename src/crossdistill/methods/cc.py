@@ -29,6 +29,10 @@ from .base import Method, Positive, PositiveInt, register_method
 
 @register_method("cc")
 class CC(Method):
+    paper = "Peng et al., ICCV 2019 — Correlation Congruence for Knowledge Distillation"
+    year = 2019
+    kind = "relations"
+    zoo = True
     default_weight = 100.0
     default_student = "@pooled"
     default_teacher = "@pooled"

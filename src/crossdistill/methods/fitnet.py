@@ -29,6 +29,10 @@ from .base import Method, Positive, register_method
 
 @register_method("fitnet")
 class FitNet(Method):
+    paper = "Romero et al., ICLR 2015 — FitNets: Hints for Thin Deep Nets"
+    year = 2015
+    kind = "features"
+    zoo = True
     default_weight = 100.0
     default_student = "@stage:1"
     default_teacher = "@stage:1"

@@ -38,6 +38,10 @@ def consecutive_pairs(maps):
 
 @register_method("fsp")
 class FSP(InitPhase, Method):
+    paper = "Yim et al., CVPR 2017 — A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and Transfer Learning"
+    year = 2017
+    kind = "features"
+    zoo = True
     default_weight = 50.0
     default_student = ("stem", "@stages")
     default_teacher = ("stem", "@stages")

@@ -36,6 +36,9 @@ from .base import Method, PositiveInt, register_method
 
 @register_method("spectral")
 class SpectralRegulariser(Method):
+    paper = "Auty et al., 2024 — Learning to Project for Cross-Task Knowledge Distillation (teacher-free regulariser; formula derived here)"
+    year = 2024
+    kind = "regulariser"
     needs_teacher = False
     default_weight = 0.1
     default_student = "@stage:-1"

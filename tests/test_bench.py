@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from crossdistill import bench, cli
-from crossdistill.bench._common import interleave, quartiles, ratios, resolve_options
+from crossdistill.bench.common import interleave, quartiles, ratios, resolve_options
 from crossdistill.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

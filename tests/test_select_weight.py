@@ -35,9 +35,9 @@ def test_selection_reads_only_validation_then_scores_the_selected_students_on_te
     import crossdistill.engine.evaluate as evaluate
 
     built, scored, scoring = [], [], []
-    real_dataset, real_eval = build._dataset.__wrapped__, evaluate.evaluate_checkpoint
+    real_dataset, real_eval = build.cached_dataset.__wrapped__, evaluate.evaluate_checkpoint
     # (split, whether it was built to score a selected student on test)
-    monkeypatch.setattr(build, "_dataset", lambda *a: (built.append((a[1], bool(scoring))), real_dataset(*a))[1])
+    monkeypatch.setattr(build, "cached_dataset", lambda *a: (built.append((a[1], bool(scoring))), real_dataset(*a))[1])
 
     def score(p, *a):
         scored.append(p)

@@ -46,13 +46,13 @@ def test_run_with_validation_trains_on_the_rest_and_never_builds_the_test_split(
     import crossdistill.build as build
 
     asked = []
-    real = build._dataset.__wrapped__
+    real = build.cached_dataset.__wrapped__
 
     def spy(name, split, root, options_json):
         asked.append(split)
         return real(name, split, root, options_json)
 
-    monkeypatch.setattr(build, "_dataset", spy)
+    monkeypatch.setattr(build, "cached_dataset", spy)
     run = build_run(parse_config({**RAW, "data": {**RAW["data"], "validation": 0.25}}))
     assert asked == ["train"] and run.eval_split == "validation"
     assert len(run.train_set) == 30 and len(run.eval_set) == 10

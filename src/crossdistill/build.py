@@ -42,7 +42,7 @@ class Run:
 
 
 @functools.lru_cache(maxsize=8)
-def _dataset(name: str, split: str, root: Optional[str], options_json: str) -> Dataset:
+def cached_dataset(name: str, split: str, root: Optional[str], options_json: str) -> Dataset:
     """Datasets are read-only once built: a process that runs many configs (a reproduction grid)
     builds each one once."""
     return create_dataset(name, split, root, **json.loads(options_json))
@@ -52,7 +52,7 @@ def build_data(cfg: Config):
     """``(train, eval, info, eval_split)``. With ``data.validation`` the eval set is a held-out
     part of the training split (``eval_split = "validation"``) and the test split is never built."""
     d = cfg.data
-    train = _dataset(d.name, "train", d.root, json.dumps(d.options, sort_keys=True))
+    train = cached_dataset(d.name, "train", d.root, json.dumps(d.options, sort_keys=True))
     info = train.info
     tc = cfg.teacher_cache  # fixed views per sample, so that the teacher's outputs can be stored
     if tc and d.copies > 1:
@@ -72,7 +72,7 @@ def build_data(cfg: Config):
 
 def build_test_set(d: DataConfig, seed: int = 0) -> Dataset:
     """The test split as training evaluates it and as ``crossdistill eval`` does (one way for both)."""
-    test = _dataset(d.name, "test", d.root, json.dumps(d.options, sort_keys=True))
+    test = cached_dataset(d.name, "test", d.root, json.dumps(d.options, sort_keys=True))
     return IndexedDataset(AugmentedDataset(test, build_eval_transform(test.info), seed=seed))
 
 

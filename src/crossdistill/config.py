@@ -382,7 +382,7 @@ def check_terms(cfg: Config) -> None:
 _SIGNATURE_CACHE: Dict[type, type[BaseModel]] = {}
 
 
-def _options_model(cls: type) -> type[BaseModel]:
+def options_model(cls: type) -> type[BaseModel]:
     """A pydantic model of the keyword options accepted by ``cls.__init__`` along its MRO."""
     if cls in _SIGNATURE_CACHE:
         return _SIGNATURE_CACHE[cls]
@@ -413,7 +413,7 @@ def _options_model(cls: type) -> type[BaseModel]:
 
 def validate_options(cls: type, options: Mapping[str, Any], where: str) -> Dict[str, Any]:
     """Check option names and types against ``cls.__init__``; return the validated options."""
-    model = _options_model(cls)
+    model = options_model(cls)
     try:
         parsed = model.model_validate(dict(options))
     except ValidationError as err:

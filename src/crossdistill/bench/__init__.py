@@ -8,7 +8,7 @@ One file per benchmark in this package; a module ``bench/<name>.py`` *is* the be
 - ``CHOICES`` (optional): the allowed values of text options,
 - ``run(options, print_fn) -> dict``: measure, print a table, write the JSON, return the result.
 
-The shared timer, option parser and memory probes are in :mod:`crossdistill.bench._common`.
+The shared timer, option parser and memory probes are in :mod:`crossdistill.bench.common`.
 ``crossdistill bench all`` runs every benchmark; each gets the given options it knows (an option
 that no benchmark knows is an error).
 """
@@ -19,7 +19,7 @@ import pkgutil
 from typing import Any, Callable, Dict, List, Sequence
 
 from ..errors import ConfigError
-from ._common import parse_overrides, resolve_options
+from .common import parse_overrides, resolve_options
 
 __all__ = ["names", "load", "run_bench", "parse_overrides"]
 

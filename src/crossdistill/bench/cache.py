@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict
 import torch
 from torch.utils.data import DataLoader
 
-from ._common import interleave, machine, pick_device, ratios, summarise, table, write_json
+from .common import interleave, machine, pick_device, ratios, summarise, table, write_json
 from ._steps import PRECISIONS, autocast, sgd
 
 DEFAULTS: Dict[str, Any] = {

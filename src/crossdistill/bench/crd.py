@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
-from ._common import Lap, in_fresh_process, interleave, machine, peak_mib, pick_device, summarise, table, write_json
+from .common import Lap, in_fresh_process, interleave, machine, peak_mib, pick_device, summarise, table, write_json
 
 DEFAULTS: Dict[str, Any] = {
     "n": 50000, "k": 16384, "b": 64, "dim": 128, "classes": 100, "t": 0.07, "m": 0.5,

@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ._common import (in_fresh_process, interleave, machine, peak_mib, pick_device, ratios, summarise, table,
+from .common import (in_fresh_process, interleave, machine, peak_mib, pick_device, ratios, summarise, table,
                       write_json)
 from ._steps import PRECISIONS, distiller_step, random_batch, supervised_step, teacher_student_step
 
@@ -88,10 +88,10 @@ def row_config(o: Dict[str, Any], row: str):
 
 
 def _accepts(method: str, option: str) -> bool:
-    from ..config import _options_model
+    from ..config import options_model
     from ..methods import METHODS
 
-    return method in METHODS and option in _options_model(METHODS.get(method)).model_fields
+    return method in METHODS and option in options_model(METHODS.get(method)).model_fields
 
 
 def _info(o: Dict[str, Any]):

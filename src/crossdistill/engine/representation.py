@@ -222,7 +222,7 @@ def evaluate_representation(path: str, protocol: Union[str, Sequence[str]], over
     trained on (or of ``data.*`` overrides), and record the result in ``eval.json`` next to the
     checkpoint. Every check runs before any feature is computed, and nothing is written unless the
     evaluation succeeds. Returns the record (for a list: ``{protocol: record}``)."""
-    from ..build import _dataset, model_from_spec
+    from ..build import cached_dataset, model_from_spec
     from ..data.seeded import AugmentedDataset
     from ..data.transforms import build_eval_transform
     from ..views import VIEWS
@@ -246,7 +246,7 @@ def evaluate_representation(path: str, protocol: Union[str, Sequence[str]], over
     for split in ("train", "test"):
         # the same cache as training (a reproduction evaluates many runs on one data set)
         root = os.path.expanduser(data_cfg.root) if data_cfg.root else None
-        ds = _dataset(data_cfg.name, split, root, json.dumps(data_cfg.options, sort_keys=True))
+        ds = cached_dataset(data_cfg.name, split, root, json.dumps(data_cfg.options, sort_keys=True))
         info = ds.info
         if "label" not in (info.fields or ("label",)) or getattr(info, "num_classes", 0) < 2:
             raise DataError(f"--protocol {protocols[0]} needs class labels, but dataset '{data_cfg.name}' gives only "

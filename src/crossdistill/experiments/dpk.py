@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..config import deep_merge
 from ..errors import DataError
-from .grid import Cell, Result, _slug, run_grid, train_config
+from .grid import Cell, Result, run_grid, slug, train_config
 
 STUDENT = "resnet8"
 TEACHERS = ("resnet14", "resnet20", "resnet32", "resnet56", "resnet110")
@@ -126,7 +126,7 @@ def shares(out: Path, teacher: str, seeds: Sequence[int]) -> str:
     """The DPK runs' teacher share per stage, averaged over the logged steps and the seeds."""
     per_stage: Dict[str, List[float]] = {}
     for seed in seeds:
-        log = out / "runs" / _slug(f"{teacher}__DPK__s{seed}") / "metrics.jsonl"
+        log = out / "runs" / slug(f"{teacher}__DPK__s{seed}") / "metrics.jsonl"
         if not log.exists():
             continue
         for line in log.read_text().splitlines():

@@ -58,7 +58,7 @@ def create_task(name: str, num_classes: int | None = None, **options) -> Task:
     return TASKS.get(name)(num_classes=num_classes, **options)
 
 
-def _check_target(batch: Dict[str, Tensor], key: str, task: str) -> Tensor:
+def check_target(batch: Dict[str, Tensor], key: str, task: str) -> Tensor:
     from ..errors import DataError
 
     if key not in batch:

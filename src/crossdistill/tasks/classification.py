@@ -15,7 +15,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..errors import ConfigError
-from .base import Task, _check_target, register_task
+from .base import Task, check_target, register_task
 
 
 def metrics_device(metrics):
@@ -42,7 +42,7 @@ class ClassificationTask(Task):
         return self.num_classes
 
     def loss(self, output: Tensor, batch: Dict[str, Tensor]) -> Tensor:
-        label = _check_target(batch, self.target_key, self.name).to(output.device).long()
+        label = check_target(batch, self.target_key, self.name).to(output.device).long()
         try:
             return F.cross_entropy(output.float(), label, label_smoothing=self.label_smoothing)
         except (IndexError, RuntimeError):
@@ -60,6 +60,6 @@ class ClassificationTask(Task):
         return MetricCollection(m, compute_groups=False)
 
     def update_metrics(self, metrics, output: Tensor, batch: Dict[str, Tensor]) -> None:
-        label = _check_target(batch, self.target_key, self.name)
+        label = check_target(batch, self.target_key, self.name)
         dev = metrics_device(metrics)
         metrics.update(output.detach().float().to(dev), label.to(dev).long())

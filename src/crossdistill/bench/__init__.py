@@ -1,7 +1,7 @@
 """``crossdistill bench NAME [key=value ...] [--quick]``: speed and memory, as ratios measured in one run.
 
 One file per benchmark in this package; a module ``bench/<name>.py`` *is* the benchmark ``<name>``
-(files starting with ``_`` are shared code). Each module defines
+(``common.py``, the shared code, and files starting with ``_`` are not benchmarks). Each module defines
 
 - ``DEFAULTS``: its options and their defaults (``out`` is where the JSON goes),
 - ``QUICK``: the options ``--quick`` changes (fewer steps: a smoke test, not a measurement),
@@ -23,10 +23,13 @@ from .common import parse_overrides, resolve_options
 
 __all__ = ["names", "load", "run_bench", "parse_overrides"]
 
+#: modules of this package that are shared code, not benchmarks
+SHARED = ("common",)
+
 
 def names() -> List[str]:
     """The benchmarks, from the files of this package (nothing is imported to list them)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name not in SHARED)
 
 
 def load(name: str):

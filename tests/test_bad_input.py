@@ -17,24 +17,11 @@ import torch
 from crossdistill import cli
 from crossdistill.engine import checkpoint as ckpt_mod
 from crossdistill.engine.checkpoint import load_checkpoint
+from helpers import tiny_run_yaml
 
-BASE = """
-name: bad-input
-seed: 0
-output_dir: {out}
-data:
-  name: shapes
-  options: {{num_classes: 4, image_size: 16, train_size: 64, test_size: 32}}
-  batch_size: 16
-student: {{name: resnet8}}
-teachers:
-  default: {{model: resnet8, num_classes: 4, random_init: true}}
-distill:
-  terms:
-    - {{method: kd, T: 4}}
-    - {{method: fitnet, student: "@stage:1", teacher: "@stage:1"}}
-train: {{epochs: 1, max_steps_per_epoch: 2, device: cpu, precision: fp32, progress: false}}
-"""
+def base(out) -> str:
+    return tiny_run_yaml(out, name="bad-input", distill={"terms": [
+        {"method": "kd", "T": 4}, {"method": "fitnet", "student": "@stage:1", "teacher": "@stage:1"}]})
 
 
 class Custom:
@@ -55,7 +42,7 @@ class Evil:
 def files(tmp_path_factory):
     """A finished tiny run plus every kind of bad file, written once for the module."""
     d = tmp_path_factory.mktemp("bad")
-    (d / "base.yaml").write_text(BASE.format(out=d / "good"))
+    (d / "base.yaml").write_text(base(d / "good"))
     assert cli.main(["train", str(d / "base.yaml")]) == 0
     good = (d / "good" / "checkpoint.pt").read_bytes()
     (d / "malformed.yaml").write_text("name: x\ntrain: {epochs: [1, 2}\n")

@@ -100,8 +100,12 @@ def methods_table(names: Optional[Sequence[str]] = None) -> str:
 
 
 def methods_lines(names: Optional[Sequence[str]] = None) -> str:
-    """The plain listing: name, kind, year and the one line (``crossdistill list methods``)."""
-    return "\n".join(f"{r['name']:14s} {r['kind']:18s} {r['year']:4s}  {r['summary']}" for r in method_rows(names))
+    """The plain listing: name, kind, year, the one line and the authors (``crossdistill list methods``)."""
+    def authors(paper: str) -> str:
+        return f" ({paper.split(' — ')[0].rsplit(',', 1)[0].strip()})" if paper else ""  # "Authors, VENUE YEAR — …"
+
+    return "\n".join(f"{r['name']:14s} {r['kind']:18s} {r['year']:4s}  {r['summary'].rstrip('.')}{authors(r['paper'])}"
+                     for r in method_rows(names))
 
 
 def builtin_names() -> List[str]:

@@ -16,7 +16,7 @@ its projectors with :meth:`make_projector` and logs their spectra with
 """
 from __future__ import annotations
 
-from typing import ClassVar, Optional, Tuple
+from typing import ClassVar, Literal, Optional, Tuple
 
 from ..errors import ConfigError
 from ..projectors import Projector, ProjectorOptions
@@ -27,7 +27,9 @@ class ProjectedMethod(Method):
     #: the directions this method accepts for ``projector``
     projector_directions: ClassVar[Tuple[str, ...]] = ("standard", "inverted")
 
-    def __init__(self, projector: str = "standard", projector_options: Optional[ProjectorOptions] = None, **sides):
+    def __init__(self, projector: Literal["standard", "inverted", "identity"] = "standard",
+                 projector_options: Optional[ProjectorOptions] = None, **sides):
+        # the type catches a typo when the config is read; ``projector_directions`` what this method allows
         super().__init__(**sides)
         if projector not in self.projector_directions:
             raise ConfigError(f"method '{self.name}': bad value for 'projector' ({projector!r}): valid choices: "

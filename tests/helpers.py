@@ -122,3 +122,37 @@ class TinyViT(nn.Module):
         if self.prefix == 2:
             logits = (logits + self.head_dist(self.dist_pool(tokens))) / 2
         return logits
+# -- the tiny run the CLI tests train -------------------------------------------------------------------
+TINY_RUN = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"name": "shapes", "options": {"num_classes": 4, "image_size": 16, "train_size": 64, "test_size": 32},
+             "batch_size": 16},
+    "student": {"name": "resnet8"},
+    "teachers": {"default": {"model": "resnet8", "num_classes": 4, "random_init": True}},
+    "distill": {"terms": [{"method": "kd", "T": 4}]},
+    "train": {"epochs": 1, "max_steps_per_epoch": 2, "device": "cpu", "precision": "fp32", "progress": False},
+}
+
+
+def _merged(base, changes):
+    """``changes`` deep-merged into ``base``: mappings merge, other values replace, ``None`` deletes the key."""
+    out = dict(base)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def tiny_run_yaml(out, **changes) -> str:
+    """The YAML of a run that trains in seconds on built-in ``shapes`` data (4 classes, 16 px, resnet8
+    student, a random resnet8 teacher, KD, 1 epoch of 2 steps on the CPU in fp32), written to ``out``;
+    ``changes`` are top-level sections deep-merged into it (``train={"epochs": 3}``; ``None`` removes a
+    key: ``train={"max_steps_per_epoch": None}``)."""
+    import yaml
+
+    return yaml.safe_dump(_merged({**TINY_RUN, "output_dir": str(out)}, changes), sort_keys=False)

@@ -17,24 +17,11 @@ import torch
 from crossdistill import cli
 from crossdistill.engine import checkpoint as ckpt_mod
 from crossdistill.engine.checkpoint import load_checkpoint
+from helpers import tiny_run_yaml
 
-BASE = """
-name: bad-input
-seed: 0
-output_dir: {out}
-data:
-  name: shapes
-  options: {{num_classes: 4, image_size: 16, train_size: 64, test_size: 32}}
-  batch_size: 16
-student: {{name: resnet8}}
-teachers:
-  default: {{model: resnet8, num_classes: 4, random_init: true}}
-distill:
-  terms:
-    - {{method: kd, T: 4}}
-    - {{method: fitnet, student: "@stage:1", teacher: "@stage:1"}}
-train: {{epochs: 1, max_steps_per_epoch: 2, device: cpu, precision: fp32, progress: false}}
-"""
+def base(out) -> str:
+    return tiny_run_yaml(out, name="bad-input", distill={"terms": [
+        {"method": "kd", "T": 4}, {"method": "fitnet", "student": "@stage:1", "teacher": "@stage:1"}]})
 
 
 class Custom:
@@ -55,7 +42,7 @@ class Evil:
 def files(tmp_path_factory):
     """A finished tiny run plus every kind of bad file, written once for the module."""
     d = tmp_path_factory.mktemp("bad")
-    (d / "base.yaml").write_text(BASE.format(out=d / "good"))
+    (d / "base.yaml").write_text(base(d / "good"))
     assert cli.main(["train", str(d / "base.yaml")]) == 0
     good = (d / "good" / "checkpoint.pt").read_bytes()
     (d / "malformed.yaml").write_text("name: x\ntrain: {epochs: [1, 2}\n")
@@ -161,6 +148,13 @@ CASES = [
     ("teacher-checkpoint-missing", "train {b} teachers.default.model=null teachers.default.checkpoint={d}/nope.pt",
      "does not exist"),
     ("checkpoint-from-the-future", "eval {d}/future.pt", "newer than this crossdistill"),
+    # a model option the run already gives (was: TypeError: create_model() got multiple values for keyword argument)
+    ("student-in-channels-clash", "train {b} student.options.in_channels=1",
+     "student.options.in_channels=1 clashes with in_channels=3 that the data gives"),
+    ("student-num-classes-clash", "train {b} student.options.num_classes=5",
+     "student.options.num_classes=5 clashes with num_classes=4 that the task gives"),
+    ("teacher-num-classes-clash", "train {b} teachers.default.options.num_classes=5",
+     "teachers.default.options.num_classes=5 clashes with num_classes=4 that teachers.default.num_classes gives"),
     # data
     ("cifar-root-missing", "train {b} data.name=cifar100 data.root={d}/no-such-dir data.options={{}}",
      "no cifar-100-python folder"),
@@ -234,7 +228,9 @@ def test_case_count():
     ("train {d}/tag.yaml", "YAML tag"),
     ("eval {d}/evil.pt", "refused"),
     ("eval {d}/truncated.pt", "corrupt or truncated"),
-], ids=["malformed-yaml", "yaml-tag", "pickled-code", "truncated"])
+    ("train {d}/base.yaml student.options.in_channels=1", "student.options.in_channels=1 clashes"),
+    ("train {d}/base.yaml student.options.num_classes=5", "student.options.num_classes=5 clashes"),
+], ids=["malformed-yaml", "yaml-tag", "pickled-code", "truncated", "in-channels-clash", "num-classes-clash"])
 def test_bad_input_subprocess(files, argv, expected):
     """The real executable: stderr must hold the one line only (no warnings, no traceback)."""
     args = argv.format(d=files).split()
@@ -289,3 +285,13 @@ def test_existing_run_is_not_touched(files, capsys):
     rc = cli.main(["train", str(files / "base.yaml")])
     assert_one_error_line(rc, capsys.readouterr().err, "already holds a run")
     assert snapshot(files / "good") == before
+
+
+def test_a_model_option_equal_to_the_given_value_is_accepted():
+    """``student.options.in_channels=3`` beside data with 3 channels says the same thing twice: no error."""
+    from crossdistill.build import model_from_spec, model_spec
+    from crossdistill.tasks import create_task
+
+    spec = model_spec("resnet8", {"in_channels": 3, "num_classes": 4}, create_task("classification", 4), 3)
+    assert spec["options"] == {} and spec["in_channels"] == 3 and spec["num_classes"] == 4
+    assert model_from_spec(spec)(torch.randn(2, 3, 16, 16)).shape == (2, 4)

@@ -9,31 +9,18 @@ from pathlib import Path
 import pytest
 
 from crossdistill import cli
+from helpers import tiny_run_yaml
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-TINY = """
-name: cli-test
-seed: 1
-output_dir: {out}
-data:
-  name: shapes
-  options: {{num_classes: 4, image_size: 16, train_size: 64, test_size: 48}}
-  batch_size: 16
-student: {{name: resnet8}}
-teachers:
-  default: {{model: resnet8, num_classes: 4, random_init: true}}
-distill:
-  terms:
-    - {{method: kd, T: 4}}
-train: {{epochs: 2, max_steps_per_epoch: 2, device: cpu, precision: fp32, progress: false}}
-"""
+def tiny(out) -> str:
+    return tiny_run_yaml(out, name="cli-test", seed=1, data={"options": {"test_size": 48}}, train={"epochs": 2})
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    (d / "tiny.yaml").write_text(TINY.format(out=d / "run"))
+    (d / "tiny.yaml").write_text(tiny(d / "run"))
     assert cli.main(["train", str(d / "tiny.yaml")]) == 0
     return d
 

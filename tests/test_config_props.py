@@ -26,10 +26,10 @@ from crossdistill.config import (  # noqa: E402
     ScheduleConfig,
     TeacherConfig,
     TrainConfig,
-    _options_model,
     apply_override,
     dump_config,
     load_config,
+    options_model,
     parse_config,
     read_yaml,
 )
@@ -189,7 +189,7 @@ def test_unknown_keys_are_always_rejected(section, key, value):
 @SETTINGS
 @given(option=segment)
 def test_unknown_method_options_are_rejected(option):
-    if option in _options_model(METHODS.get("kd")).model_fields or option == "method":
+    if option in options_model(METHODS.get("kd")).model_fields or option == "method":
         return
     raw = copy.deepcopy(BASE)
     raw["distill"]["terms"][0][option] = 1

@@ -20,6 +20,7 @@ from crossdistill.methods import METHODS, build_method
 from crossdistill.methods.dpk import DPK, mask_seed
 from crossdistill.models import create_model
 from crossdistill.tasks import create_task
+from helpers import tiny_run_yaml
 
 
 @pytest.fixture(autouse=True)
@@ -419,32 +420,13 @@ def test_cka_can_be_measured_on_the_first_samples_of_a_large_batch():
 
 
 # -- through the CLI: bad input, resume, export, recipes ---------------------------------------------
-TINY = """
-name: dpk-test
-seed: 3
-output_dir: {out}
-data:
-  name: shapes
-  options: {{num_classes: 4, image_size: 16, train_size: 128, test_size: 32}}
-  batch_size: 16
-student: {{name: resnet8}}
-teachers:
-  default: {{model: resnet14, num_classes: 4, random_init: true, seed: 1}}
-distill:
-  task_weight: 1.0
-  terms:
-    - {{method: dpk, weight: 1.0}}
-train:
-  epochs: 3
-  device: cpu
-  precision: fp32
-  threads: 1
-  schedule: {{name: cosine}}
-  optimizer: {{name: sgd, lr: 0.05}}
-  log_every: 1
-  checkpoint_every_steps: 3
-  progress: false
-"""
+def tiny(out) -> str:
+    return tiny_run_yaml(
+        out, name="dpk-test", seed=3, data={"options": {"train_size": 128}},
+        teachers={"default": {"model": "resnet14", "seed": 1}},
+        distill={"task_weight": 1.0, "terms": [{"method": "dpk", "weight": 1.0}]},
+        train={"epochs": 3, "max_steps_per_epoch": None, "threads": 1, "schedule": {"name": "cosine"},
+               "optimizer": {"name": "sgd", "lr": 0.05}, "log_every": 1, "checkpoint_every_steps": 3})
 
 BAD = [
     ("unknown-stage", ["distill.terms.0.student=[layer1, layer9, layer3]"], "student has no layer 'layer9'"),
@@ -464,7 +446,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, overrides, e
     from crossdistill import cli
 
     cfg = tmp_path / "dpk.yaml"
-    cfg.write_text(TINY.format(out=tmp_path / "run"))
+    cfg.write_text(tiny(tmp_path / "run"))
     before = snapshot(tmp_path)
     rc = cli.main(["train", str(cfg), *overrides])
     assert_one_error_line(rc, capsys.readouterr().err, expected)
@@ -480,7 +462,7 @@ def test_bad_input_as_a_real_process(tmp_path, case):
 
     overrides, expected = next(c[1:] for c in BAD if c[0] == case)
     cfg = tmp_path / "dpk.yaml"
-    cfg.write_text(TINY.format(out=tmp_path / "run"))
+    cfg.write_text(tiny(tmp_path / "run"))
     res = subprocess.run([sys.executable, "-m", "crossdistill.cli", "train", str(cfg), *overrides],
                          capture_output=True, text=True, timeout=180)
     assert_one_error_line(res.returncode, res.stderr, expected)
@@ -496,8 +478,8 @@ def test_killed_and_resumed_run_gives_the_same_student_and_log(tmp_path):
     from crossdistill.engine.checkpoint import load_checkpoint
 
     ref_out, out = tmp_path / "ref", tmp_path / "killed"
-    (tmp_path / "ref.yaml").write_text(TINY.format(out=ref_out))
-    (tmp_path / "k.yaml").write_text(TINY.format(out=out))
+    (tmp_path / "ref.yaml").write_text(tiny(ref_out))
+    (tmp_path / "k.yaml").write_text(tiny(out))
     assert cli.main(["train", str(tmp_path / "ref.yaml")]) == 0
 
     def after_mid_epoch_checkpoint(o):  # step 9's checkpoint (epoch 2 of 3, 8 steps each) is on disk

@@ -29,7 +29,7 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("distiller", ("distiller", "terms")),
     ("engine", ("engine",)),
     ("build", ("build", "teacher_cache")),
-    ("commands", ("commands",)),
+    ("commands", ("commands", "catalog")),
     ("cli", ("cli",)),
     ("lab", ("lab",)),
     ("package", ("",)),  # crossdistill/__init__.py: the public names

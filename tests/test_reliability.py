@@ -27,23 +27,10 @@ from crossdistill import cli
 from crossdistill.engine import checkpoint as ckpt_mod
 from crossdistill.engine.checkpoint import load_checkpoint
 from crossdistill.errors import FolderInUseError
+from helpers import tiny_run_yaml
 
-BASE = """
-name: reliability
-seed: 0
-output_dir: {out}
-data:
-  name: shapes
-  options: {{num_classes: 4, image_size: 16, train_size: 64, test_size: 40}}
-  batch_size: 16
-student: {{name: resnet8}}
-teachers:
-  default: {{model: resnet8, num_classes: 4, random_init: true}}
-distill:
-  terms:
-    - {{method: kd, T: 4}}
-train: {{epochs: 1, max_steps_per_epoch: 2, device: cpu, precision: fp32, progress: false}}
-"""
+def base(out, **changes) -> str:
+    return tiny_run_yaml(out, name="reliability", **{"data": {"options": {"test_size": 40}}, **changes})
 PY = sys.executable
 
 
@@ -86,7 +73,7 @@ def world(tmp_path_factory):
     """A trained 3-channel teacher, a NaN student, image folders, a home folder, and every subprocess case
     of CASES run once (a few at a time)."""
     d = tmp_path_factory.mktemp("rel")
-    (d / "base.yaml").write_text(BASE.format(out=d / "good"))
+    (d / "base.yaml").write_text(base(d / "good"))
     assert cli.main(["train", str(d / "base.yaml")]) == 0
     student = torch.load(d / "good" / "student.pt", weights_only=True)
     first = next(k for k, v in student["student"].items() if v.is_floating_point())
@@ -192,8 +179,9 @@ def test_case_ids_are_unique():
 def test_eval_reproduces_the_summary_metric_exactly(tmp_path):
     """precision auto trains in bf16 + channels_last on a CPU with AMX; evaluation is fp32 in both places."""
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(BASE.format(out=tmp_path / "run").replace("num_classes: 4,", "num_classes: 10,")
-                   .replace("precision: fp32", "precision: auto, log_every: 1").replace("max_steps_per_epoch: 2", "max_steps_per_epoch: 3"))
+    cfg.write_text(base(tmp_path / "run", data={"options": {"num_classes": 10, "test_size": 40}},
+                        teachers={"default": {"num_classes": 10}},
+                        train={"precision": "auto", "log_every": 1, "max_steps_per_epoch": 3}))
     assert run_cli("train", cfg).returncode == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["evaluation"]["precision"] == "fp32" and summary["evaluation"]["samples"] == 40
@@ -428,7 +416,7 @@ def test_resume_refuses_changed_training_data(tmp_path):
     images = tmp_path / "images"
     write_images(images)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(BASE.format(out=tmp_path / "run"))
+    cfg.write_text(base(tmp_path / "run"))
     argv = ["train", str(cfg), f"data.root={images}", "data.name=imagefolder", "data.options={image_size: 8}",
             "teachers={}", "distill.terms=[]", "train.epochs=2", "train.max_steps_per_epoch=null"]
     assert cli.main(argv) == 0

@@ -32,40 +32,23 @@ from crossdistill import cli
 from crossdistill.engine.checkpoint import load_checkpoint
 from crossdistill.methods import METHODS, Method, register_method
 from slow_save import SLOW_SAVE_ENV
+from helpers import tiny_run_yaml
 
-TINY = """
-name: resume-test
-seed: 5
-output_dir: {out}
-data:
-  name: shapes
-  options: {{num_classes: 4, image_size: 16, train_size: 256, test_size: 64}}
-  batch_size: 32
-student: {{name: resnet8}}
-teachers:
-  default: {{model: resnet8, num_classes: 4, random_init: true, seed: 1}}
-distill:
-  task_weight: 0.5
-  terms:
-    - {{method: kd, weight: 0.9, T: 4}}
-    - {{method: fitnet, weight: 10, student: "@stage:1", teacher: "@stage:1", projector: standard}}
-train:
-  epochs: 3
-  device: cpu
-  precision: fp32
-  threads: 1
-  schedule: {{name: cosine}}
-  optimizer: {{name: sgd, lr: 0.05}}
-  log_every: 1
-  checkpoint_every_steps: 3
-  progress: false
-"""
+def tiny(out) -> str:
+    return tiny_run_yaml(
+        out, name="resume-test", seed=5, data={"options": {"train_size": 256, "test_size": 64}, "batch_size": 32},
+        teachers={"default": {"seed": 1}},
+        distill={"task_weight": 0.5, "terms": [
+            {"method": "kd", "weight": 0.9, "T": 4},
+            {"method": "fitnet", "weight": 10, "student": "@stage:1", "teacher": "@stage:1", "projector": "standard"}]},
+        train={"epochs": 3, "max_steps_per_epoch": None, "threads": 1, "schedule": {"name": "cosine"},
+               "optimizer": {"name": "sgd", "lr": 0.05}, "log_every": 1, "checkpoint_every_steps": 3})
 PAUSE = "0.6"
 
 
 def write_config(folder: Path, out: Path) -> Path:
     path = folder / "tiny.yaml"
-    path.write_text(TINY.format(out=out))
+    path.write_text(tiny(out))
     return path
 
 

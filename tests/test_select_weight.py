@@ -136,7 +136,7 @@ def test_every_zoo_variant_gets_weight_candidates_around_its_reference_beta():
     from crossdistill.methods import build_method
 
     s = zoo.SCALES["quick"]
-    for name in zoo.METHODS:
+    for name in zoo.VARIANTS:
         cfg = {"distill": {"task_weight": zoo.TASK_WEIGHT.get(name, 1.0), "terms": zoo._terms(name, s)}}
         cands = weight_candidates(cfg, (0.1, 1.0))
         terms = cfg["distill"]["terms"]

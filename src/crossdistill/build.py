@@ -120,8 +120,27 @@ def build_task(name: str, info, options: Optional[Dict[str, Any]] = None) -> Tas
     return create_task(name, num_classes=task_classes(name, info), **dict(options or {}))
 
 
-def model_spec(name: str, options: Dict[str, Any], task: Task, in_channels: int) -> Dict[str, Any]:
-    return {"name": name, "options": dict(options), "num_classes": task.output_channels(),
+def given_options(options: Dict[str, Any], where: str, given: Dict[str, Any], source: Dict[str, str]) -> Dict[str, Any]:
+    """A model's ``options`` without the keys the run already gives it (``in_channels`` from the data,
+    ``num_classes`` from the task): the same value twice is fine, a different one is a clash named in
+    one line (``create_model`` would otherwise fail with "got multiple values for keyword argument")."""
+    options = dict(options)
+    for key, value in given.items():
+        if key in options:
+            if options[key] != value:
+                raise ConfigError(f"{where}.options.{key}={options[key]} clashes with {key}={value} that {source[key]}; "
+                                  f"remove {where}.options.{key}")
+            del options[key]
+    return options
+
+
+_GIVEN_BY = {"in_channels": "the data gives (its images' channels, or the network's input view)",
+             "num_classes": "the task gives (set data.options.num_classes to change the data's classes)"}
+
+
+def model_spec(name: str, options: Dict[str, Any], task: Task, in_channels: int, where: str = "student") -> Dict[str, Any]:
+    options = given_options(options, where, {"in_channels": in_channels, "num_classes": task.output_channels()}, _GIVEN_BY)
+    return {"name": name, "options": options, "num_classes": task.output_channels(),
             "in_channels": in_channels, "task": task.name, "task_classes": task.num_classes}
 
 
@@ -153,7 +172,9 @@ def build_teacher(name: str, t: TeacherConfig, in_channels: int, allow_imports: 
             raise ConfigError(f"{where}.num_classes is required with {where}.model (the size of the teacher's own head)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(t.seed)  # a random teacher is reproducible from its seed
-            model = create_model(t.model, num_classes=t.num_classes, in_channels=in_channels, **t.options)
+            options = given_options(t.options, where, {"in_channels": in_channels, "num_classes": t.num_classes},
+                                    {**_GIVEN_BY, "num_classes": f"{where}.num_classes gives"})
+            model = create_model(t.model, num_classes=t.num_classes, in_channels=in_channels, **options)
     elif t.weights:
         model = None  # a Hugging Face folder brings its network (load_model_weights says so otherwise)
     else:

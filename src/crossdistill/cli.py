@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from .build import build_run, start_run
+from .catalog import methods_lines, methods_table
 from .commands import COMMANDS, load_command_packages
 from .commands.evaluate import evaluate_checkpoint
 from .commands.representation import evaluate_representation
@@ -74,11 +75,7 @@ def cmd_eval_representation(args) -> int:
 def cmd_list(args) -> int:
     what = args.what
     if what == "methods":
-        for name in METHODS.names():
-            cls = METHODS.get(name)
-            # the class's own docstring where it has one (several methods in a file), else the file's
-            doc = (cls.__dict__.get("__doc__") or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-            print(f"{name:14s} {doc[0] if doc else ''}")
+        print(methods_table() if args.markdown else methods_lines(), end="\n" * (not args.markdown))
     elif what == "models":
         print("\n".join(list_models()))
     elif what == "datasets":
@@ -159,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list methods, models, datasets, tasks, configs, or a model's layers")
     ls.add_argument("what", choices=["methods", "models", "datasets", "tasks", "configs", "layers"])
     ls.add_argument("model", nargs="?")
+    ls.add_argument("--markdown", action="store_true", help="methods: the markdown table of the README and docs/zoo.md")
     ls.set_defaults(fn=cmd_list)
 
     load_command_packages()  # the lab's bench / reproduce / demo, and any plugin's commands

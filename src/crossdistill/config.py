@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from .errors import ConfigError, did_you_mean
 from .methods import METHODS
-from .options import _options_model, options_model, validate_options  # noqa: F401 (re-exported)
+from .options import options_model, validate_options  # noqa: F401 (re-exported)
 from .tasks import TASKS
 
 

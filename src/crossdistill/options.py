@@ -58,4 +58,3 @@ def validate_options(cls: type, options: Mapping[str, Any], where: str) -> Dict[
     return {k: getattr(parsed, k) for k in options}
 
 
-_options_model = options_model  # the former private name

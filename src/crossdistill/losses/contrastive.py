@@ -31,6 +31,10 @@ from torch import Tensor
 from ..errors import ShapeError
 from ..matmul import matmul_nt
 
+__all__ = ["crd_logits", "crd_scores", "crd_nce_loss", "crd_loss_from_logits", "crd_nce_terms",
+           "crd_nce_fused", "crd_dense_logits", "crd_dense_grad", "crd_log_z_stats", "crd_estimate_z",
+           "with_gradient"]
+
 
 def _check_scores(name: str, x: Tensor) -> int:
     if x.dim() != 2 or x.shape[1] < 2:

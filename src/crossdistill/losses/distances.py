@@ -23,6 +23,8 @@ from torch import Tensor
 
 from ..errors import ConfigError, ShapeError
 
+__all__ = ["feature_distance", "l2_distance", "smooth_l1_distance", "log_sum_distance"]
+
 
 def _same_shape(name: str, a: Tensor, b: Tensor) -> None:
     if a.shape != b.shape:

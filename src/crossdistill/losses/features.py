@@ -21,6 +21,9 @@ from torch import Tensor
 from ..errors import ConfigError, ShapeError
 from ..tokens import as_map
 
+__all__ = ["hint_loss", "attention_map", "at_loss", "ab_loss", "factor_loss", "fsp_matrix", "fsp_loss",
+           "nst_loss", "vid_loss"]
+
 
 def _same_shape(name: str, a: Tensor, b: Tensor) -> None:
     if a.shape != b.shape:

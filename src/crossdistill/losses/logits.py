@@ -10,6 +10,8 @@ from torch import Tensor
 
 from ..errors import ShapeError
 
+__all__ = ["kd_loss"]
+
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float = 4.0) -> Tensor:
     """Temperature-scaled KL divergence of the teacher's from the student's class distribution.

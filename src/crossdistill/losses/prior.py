@@ -14,6 +14,8 @@ from torch import Tensor
 
 from ..errors import ShapeError
 
+__all__ = ["patch_mask", "mix_patches"]
+
 
 def patch_mask(batch: int, height: int, width: int, patch: int, share: Union[float, Tensor],
                generator: Optional[torch.Generator] = None, device: Optional[torch.device] = None) -> Tensor:

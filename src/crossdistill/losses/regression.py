@@ -12,6 +12,8 @@ from torch import Tensor
 
 from ..errors import ShapeError
 
+__all__ = ["normalized_regression_loss"]
+
 EPS = 1e-12
 
 

@@ -12,6 +12,8 @@ from torch import Tensor
 
 from ..errors import ConfigError, ShapeError
 
+__all__ = ["sp_loss", "cc_loss", "rkd_distance_loss", "rkd_angle_loss", "rkd_loss", "pkt_loss"]
+
 
 def _batch_match(name: str, a: Tensor, b: Tensor) -> None:
     if a.shape[0] != b.shape[0]:

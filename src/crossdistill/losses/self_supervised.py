@@ -17,6 +17,8 @@ from torch import Tensor
 
 from ..errors import ShapeError
 
+__all__ = ["nt_xent_loss"]
+
 
 def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     """SimCLR's NT-Xent for two views ``z1, z2`` of shape ``[B, D]`` (row b of each: the same image)."""

@@ -11,6 +11,8 @@ from torch import Tensor
 
 from ..errors import ShapeError
 
+__all__ = ["centred_gram", "linear_cka"]
+
 
 def _rows(x: Tensor) -> Tensor:
     """``x`` as ``[B, D]``. The order of the ``D`` features is whatever the memory order is (a

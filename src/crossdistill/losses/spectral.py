@@ -17,6 +17,9 @@ from torch import Tensor
 
 from ..errors import ConfigError, ShapeError
 
+__all__ = ["feature_rows", "inverted_l2_decomposition", "spectral_energy", "spectral_tail_ratio",
+           "spectral_tail_energy"]
+
 
 def feature_rows(z: Tensor) -> Tensor:
     """``[B, D]`` unchanged; tokens ``[B, N, C]`` → ``[B·N, C]``; ``[B, C, H, W]`` (or ``[B, C, *]``

@@ -28,29 +28,30 @@ which its code never applies).
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import torch.nn as nn
 
 from ..errors import ConfigError
 from ..losses import ab_loss
-from ..projectors import Projector, ProjectorOptions, spectrum_logs
-from .base import InitPhase, Method, NonNegative, NonNegativeInt, check_pairs, register_method, student_body_parameters
+from ..projectors import spectrum_logs
+from .base import InitPhase, NonNegative, NonNegativeInt, check_pairs, register_method, student_body_parameters
+from .projected import ProjectedMethod
 
 
 @register_method("ab")
-class AB(InitPhase, Method):
+class AB(InitPhase, ProjectedMethod):
+    paper = "Heo et al., AAAI 2019 — Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons"
+    year = 2019
+    kind = "features"
+    zoo = True
     default_weight = 1.0
     default_student = "@preacts"
     default_teacher = "@preacts"
 
-    def __init__(self, projector: Literal["standard", "inverted"] = "standard",
-                 projector_kind: Literal["linear", "conv_bn"] = "conv_bn", connect_equal: bool = False,
-                 margin: NonNegative = 1.0, init_epochs: NonNegativeInt = 30, in_main: bool = False,
-                 projector_options: Optional[ProjectorOptions] = None, **sides):
-        super().__init__(**sides)
-        self.projector_options = ProjectorOptions.coerce(projector_options)
-        self.projector_direction = projector
+    def __init__(self, projector_kind: Literal["linear", "conv_bn"] = "conv_bn", connect_equal: bool = False,
+                 margin: NonNegative = 1.0, init_epochs: NonNegativeInt = 30, in_main: bool = False, **options):
+        super().__init__(**options)
         self.projector_kind = projector_kind
         self.connect_equal = connect_equal
         self.margin = margin
@@ -69,8 +70,7 @@ class AB(InitPhase, Method):
                         f"ab: student map {i} is never negative (a post-ReLU map?), so without a connector it can "
                         f"never go below −margin; tap the pre-activations (side '...:input' of the ReLU, or a model "
                         f"that declares preact_layers) or set connect_equal: true")
-            connectors.append(Projector(fs.shape[1:], ft.shape[1:], direction, self.projector_kind,
-                                        self.projector_options))
+            connectors.append(self.make_projector(fs.shape[1:], ft.shape[1:], self.projector_kind, direction))
         self.connectors = nn.ModuleList(connectors)
 
     def boundary_loss(self, s, t):

@@ -14,6 +14,10 @@ from .base import Method, Positive, check_pairs, register_method, sum_over_pairs
 
 @register_method("at")
 class AT(Method):
+    paper = "Zagoruyko & Komodakis, ICLR 2017 — Paying More Attention to Attention"
+    year = 2017
+    kind = "features"
+    zoo = True
     default_weight = 1000.0
     default_student = "@stages"
     default_teacher = "@stages"

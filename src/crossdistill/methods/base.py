@@ -99,9 +99,26 @@ def _validated_init(init: Callable) -> Callable:
     return __init__
 
 
+#: what a method's loss compares (``Method.kind``); the generated tables group and filter by it
+KINDS = ("logits", "features", "relations", "contrastive", "prior", "regression", "self-supervised",
+         "regulariser", "cross-architecture")
+
+
 class Method(nn.Module):
     #: registry name, set by ``@register_method``
     name: ClassVar[str] = ""
+    # -- what the method is (read by ``crossdistill list methods`` and the generated tables in the
+    # README and docs/zoo.md, ``crossdistill.catalog``): declared in the method's own file, kept nowhere else
+    #: the paper, as "Authors, VENUE YEAR — Title" (e.g. "Hinton et al., NeurIPS-W 2015 — Distilling the
+    #: Knowledge in a Neural Network")
+    paper: ClassVar[str] = ""
+    #: the paper's year
+    year: ClassVar[int] = 0
+    #: what the loss compares: one of :data:`KINDS`
+    kind: ClassVar[str] = ""
+    #: whether ``crossdistill reproduce zoo`` runs it as a column of its grid (a classic distiller
+    #: with classification defaults that need no options)
+    zoo: ClassVar[bool] = False
     #: the reference weight β of this term (RepDistiller's, see docs/zoo.md) used when the config gives none
     default_weight: ClassVar[float] = 1.0
     #: teacher-free methods set this to False; no teacher forward then happens for them
@@ -261,6 +278,9 @@ METHODS: MethodRegistry = MethodRegistry("method")
 
 def register_method(name: str):
     def deco(cls):
+        if cls.kind and cls.kind not in KINDS:  # a typo would silently drop the method from its group
+            raise ValueError(f"method '{name}' ({cls.__module__}.{cls.__qualname__}): kind '{cls.kind}' is not "
+                             f"one of {', '.join(KINDS)}")
         cls.name = name
         return METHODS.register(name)(cls)
 

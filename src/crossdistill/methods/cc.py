@@ -18,27 +18,31 @@ Knowledge-Distillation-Zoo CIFAR scripts (AberHu); it makes ``β·L`` O(0.1–1)
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import torch.nn.functional as F
 
 from ..losses import cc_loss
-from ..projectors import Projector, ProjectorOptions, pool_to_vector, spectrum_logs
-from .base import Method, Positive, PositiveInt, register_method
+from ..projectors import pool_to_vector, spectrum_logs
+from .base import Positive, PositiveInt, register_method
+from .projected import ProjectedMethod
 
 
 @register_method("cc")
-class CC(Method):
+class CC(ProjectedMethod):
+    paper = "Peng et al., ICCV 2019 — Correlation Congruence for Knowledge Distillation"
+    year = 2019
+    kind = "relations"
+    zoo = True
     default_weight = 100.0
     default_student = "@pooled"
     default_teacher = "@pooled"
 
-    def __init__(self, projector: Literal["standard", "inverted", "identity"] = "standard",
-                 kernel: Literal["gaussian", "linear"] = "gaussian", gamma: Positive = 0.4, order: PositiveInt = 2,
-                 projector_options: Optional[ProjectorOptions] = None, **sides):
-        super().__init__(**sides)
-        self.projector_options = ProjectorOptions.coerce(projector_options)
-        self.projector_direction = projector
+    projector_directions = ("standard", "inverted", "identity")
+
+    def __init__(self, kernel: Literal["gaussian", "linear"] = "gaussian", gamma: Positive = 0.4,
+                 order: PositiveInt = 2, **options):
+        super().__init__(**options)
         self.kernel = kernel
         self.gamma = gamma
         self.order = order
@@ -46,7 +50,7 @@ class CC(Method):
     def build(self, s, t):
         if self.projector_direction != "identity":
             zs, zt = pool_to_vector(s[0]), pool_to_vector(t[0])
-            self.projector = Projector(zs.shape[1:], zt.shape[1:], self.projector_direction, "linear", self.projector_options)
+            self.projector = self.make_projector(zs.shape[1:], zt.shape[1:], "linear")
 
     def forward(self, s, t, batch):
         zs, zt = pool_to_vector(s[0]), pool_to_vector(t[0])

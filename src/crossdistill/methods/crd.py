@@ -67,6 +67,10 @@ class EmbedHead(nn.Module):
 
 @register_method("crd")
 class CRD(Method):
+    paper = "Tian, Krishnan & Isola, ICLR 2020 — Contrastive Representation Distillation"
+    year = 2020
+    kind = "contrastive"
+    zoo = True
     default_weight = 0.8  # RepDistiller: γ=1 (task_weight), α=0, β=0.8
     default_student = "@pooled"
     default_teacher = "@pooled"

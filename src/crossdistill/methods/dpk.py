@@ -104,6 +104,9 @@ def generation_block(channels: int, depth: int, width: float) -> nn.Sequential:
 
 @register_method("dpk")
 class DPK(Method):
+    paper = "Qiu et al., ICLR 2023 submission — Better Teacher Better Student: Dynamic Prior Knowledge for Knowledge Distillation"
+    year = 2023
+    kind = "prior"
     default_weight = 1.0
     default_student = "@stages"
     default_teacher = "@stages"

@@ -18,39 +18,41 @@ Learning to Project tested in ``docs/cross_task.md``. The projector's spectrum i
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import torch.nn.functional as F
 
 from ..losses import feature_distance, inverted_l2_decomposition
-from ..projectors import Projector, ProjectorOptions
 from ..tokens import channel_dim
-from .base import Method, Positive, register_method
+from .base import Positive, register_method
+from .projected import ProjectedMethod
 
 
 @register_method("fitnet")
-class FitNet(Method):
+class FitNet(ProjectedMethod):
+    paper = "Romero et al., ICLR 2015 — FitNets: Hints for Thin Deep Nets"
+    year = 2015
+    kind = "features"
+    zoo = True
     default_weight = 100.0
     default_student = "@stage:1"
     default_teacher = "@stage:1"
 
-    def __init__(self, projector: Literal["standard", "inverted", "identity"] = "standard",
-                 projector_kind: Literal["linear", "conv_bn"] = "conv_bn", regressor_relu: bool = True,
-                 projector_options: Optional[ProjectorOptions] = None,
-                 distance: Literal["l2", "smooth_l1", "log_sum"] = "l2", alpha: Positive = 4.0, **sides):
+    projector_directions = ("standard", "inverted", "identity")
+
+    def __init__(self, projector_kind: Literal["linear", "conv_bn"] = "conv_bn", regressor_relu: bool = True,
+                 distance: Literal["l2", "smooth_l1", "log_sum"] = "l2", alpha: Positive = 4.0, **options):
         """``regressor_relu``: the reference's ReLU after the standard regressor (ignored by the
         inverted and identity projectors, which stay linear, and under ``projector_options.norm:
-        batchnorm``, whose normalised target is half negative)."""
-        super().__init__(**sides)
-        self.projector_direction = projector
+        batchnorm``, whose normalised target is half negative). ``projector``, ``projector_options``:
+        :class:`ProjectedMethod`."""
+        super().__init__(**options)
         self.projector_kind = projector_kind
         self.regressor_relu = regressor_relu
-        self.projector_options = ProjectorOptions.coerce(projector_options)
         self.distance, self.alpha = distance, alpha
 
     def build(self, s, t):
-        self.projector = Projector(s[0].shape[1:], t[0].shape[1:], self.projector_direction, self.projector_kind,
-                                   self.projector_options)
+        self.projector = self.make_projector(s[0].shape[1:], t[0].shape[1:], self.projector_kind)
 
     def forward(self, s, t, batch):
         z_s, z_t = self.projector(s[0], t[0])

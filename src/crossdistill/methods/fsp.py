@@ -18,13 +18,12 @@ weight β (default 50, the value in RepDistiller's script, which its code never 
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
-
 import torch.nn as nn
 
 from ..losses import fsp_loss
-from ..projectors import Projector, ProjectorOptions, match_spatial, spectrum_logs
-from .base import InitPhase, Method, NonNegativeInt, check_pairs, register_method, student_body_parameters
+from ..projectors import match_spatial, spectrum_logs
+from .base import InitPhase, NonNegativeInt, check_pairs, register_method, student_body_parameters
+from .projected import ProjectedMethod
 
 
 def consecutive_pairs(maps):
@@ -37,23 +36,24 @@ def consecutive_pairs(maps):
 
 
 @register_method("fsp")
-class FSP(InitPhase, Method):
+class FSP(InitPhase, ProjectedMethod):
+    paper = "Yim et al., CVPR 2017 — A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and Transfer Learning"
+    year = 2017
+    kind = "features"
+    zoo = True
     default_weight = 50.0
     default_student = ("stem", "@stages")
     default_teacher = ("stem", "@stages")
 
-    def __init__(self, projector: Literal["standard", "inverted"] = "standard", init_epochs: NonNegativeInt = 30,
-                 in_main: bool = False, projector_options: Optional[ProjectorOptions] = None, **sides):
-        super().__init__(**sides)
-        self.projector_options = ProjectorOptions.coerce(projector_options)
-        self.projector_direction = projector
+    def __init__(self, init_epochs: NonNegativeInt = 30, in_main: bool = False, **options):
+        super().__init__(**options)
         self.init_epochs = init_epochs
         self.in_main = in_main
 
     def build(self, s, t):
         check_pairs("fsp", s, t, maps=True, at_least=2)
         direction = [self.projector_direction if fs.shape[1] != ft.shape[1] else "identity" for fs, ft in zip(s, t)]
-        self.projectors = nn.ModuleList(Projector(fs.shape[1:], ft.shape[1:], d, "linear", self.projector_options)
+        self.projectors = nn.ModuleList(self.make_projector(fs.shape[1:], ft.shape[1:], "linear", d)
                                         for fs, ft, d in zip(s, t, direction))
 
     def flow_loss(self, s, t):

@@ -58,6 +58,10 @@ class Paraphraser(nn.Module):
 
 @register_method("ft")
 class FT(InitPhase, Method):
+    paper = "Kim, Park & Kwak, NeurIPS 2018 — Paraphrasing Complex Network: Network Compression via Factor Transfer"
+    year = 2018
+    kind = "features"
+    zoo = True
     default_weight = 200.0
     default_student = "@stage:-1"
     default_teacher = "@stage:-1"

@@ -8,6 +8,10 @@ from .logit_standardization import StandardizedLogits
 
 @register_method("kd")
 class KD(StandardizedLogits, Method):
+    paper = "Hinton, Vinyals & Dean, arXiv 2015 — Distilling the Knowledge in a Neural Network"
+    year = 2015
+    kind = "logits"
+    zoo = True
     default_weight = 0.9  # RepDistiller: γ=0.1 (set task_weight) , α=0.9
 
     def __init__(self, T: Positive = 4.0, standardize: bool = False, **sides):

@@ -13,6 +13,10 @@ from .base import Method, check_pairs, register_method, sum_over_pairs
 
 @register_method("nst")
 class NST(Method):
+    paper = "Huang & Wang, arXiv 2017 — Like What You Like: Knowledge Distill via Neuron Selectivity Transfer"
+    year = 2017
+    kind = "features"
+    zoo = True
     default_weight = 50.0
     default_student = "@stages"
     default_teacher = "@stages"

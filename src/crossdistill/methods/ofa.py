@@ -1,5 +1,6 @@
-"""OFA — Hao et al., NeurIPS 2023 ("One-for-All"): exit branches project the student's stages into the
-logit space, where any teacher's logits are the target, with a target-class-enhanced loss.
+"""OFA — Hao et al., NeurIPS 2023: exit branches project the student's stages into the logit space.
+
+"One-for-All": there any teacher's logits are the target, with a target-class-enhanced loss.
 
 Across architecture families the intermediate features differ in kind (a CNN's maps, a ViT's
 tokens) and are not compared directly: each chosen student stage gets its own exit branch, built

@@ -11,6 +11,10 @@ from .base import Method, register_method
 
 @register_method("pkt")
 class PKT(Method):
+    paper = "Passalis & Tefas, ECCV 2018 — Learning Deep Representations with Probabilistic Knowledge Transfer"
+    year = 2018
+    kind = "relations"
+    zoo = True
     default_weight = 30000.0
     default_student = "@pooled"
     default_teacher = "@pooled"

@@ -11,6 +11,10 @@ from .base import Method, NonNegative, register_method
 
 @register_method("rkd")
 class RKD(Method):
+    paper = "Park et al., CVPR 2019 — Relational Knowledge Distillation"
+    year = 2019
+    kind = "relations"
+    zoo = True
     default_weight = 1.0
     default_student = "@pooled"
     default_teacher = "@pooled"

@@ -22,6 +22,9 @@ from .base import Method, register_method
 
 @register_method("simclr")
 class SimCLR(Method):
+    paper = "Chen et al., ICML 2020 — A Simple Framework for Contrastive Learning of Visual Representations"
+    year = 2020
+    kind = "self-supervised"
     needs_teacher = False
     default_student = "@pooled"
     default_teacher = ()

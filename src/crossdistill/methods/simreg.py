@@ -52,6 +52,9 @@ def build_head(in_dim: int, out_dim: int, layers: int, variant: str = "paper", w
 
 @register_method("simreg")
 class SimReg(Method):
+    paper = "Navaneet et al., BMVC 2021 — SimReg: Regression as a Simple Yet Effective Tool for Self-supervised Knowledge Distillation"
+    year = 2021
+    kind = "regression"
     default_weight = 1.0
     default_student = "@pooled"
     default_teacher = "@pooled"

@@ -24,6 +24,9 @@ from .base import Method, register_method
 
 @register_method("simsiam")
 class SimSiam(Method):
+    paper = "Chen & He, CVPR 2021 — Exploring Simple Siamese Representation Learning"
+    year = 2021
+    kind = "self-supervised"
     needs_teacher = False
     default_student = "@pooled"
     default_teacher = ()

@@ -12,6 +12,10 @@ from .base import Method, check_pairs, register_method, sum_over_pairs
 
 @register_method("sp")
 class SP(Method):
+    paper = "Tung & Mori, ICCV 2019 — Similarity-Preserving Knowledge Distillation"
+    year = 2019
+    kind = "relations"
+    zoo = True
     default_weight = 3000.0
     default_student = "@stage:-1"
     default_teacher = "@stage:-1"

@@ -1,4 +1,4 @@
-"""Teacher-free spectral regulariser — Learning to Project (Auty et al. 2024), derived here.
+"""Teacher-free spectral regulariser — Learning to Project (Auty et al. 2024): shrink the student feature energy outside its top-k subspace (derived here).
 
 No teacher forward at all. The paper's exact formula was not available; ours follows from the
 decomposition of the inverted-projector loss (docs/cross_task.md has the derivation): with the
@@ -36,6 +36,9 @@ from .base import Method, PositiveInt, register_method
 
 @register_method("spectral")
 class SpectralRegulariser(Method):
+    paper = "Auty et al., 2024 — Learning to Project for Cross-Task Knowledge Distillation (teacher-free regulariser; formula derived here)"
+    year = 2024
+    kind = "regulariser"
     needs_teacher = False
     default_weight = 0.1
     default_student = "@stage:-1"

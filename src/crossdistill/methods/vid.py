@@ -36,6 +36,10 @@ def regressor(c_in: int, c_out: int) -> nn.Sequential:
 
 @register_method("vid")
 class VID(Method):
+    paper = "Ahn et al., CVPR 2019 — Variational Information Distillation for Knowledge Transfer"
+    year = 2019
+    kind = "features"
+    zoo = True
     default_weight = 1.0
     default_student = "@stages"
     default_teacher = "@stages"

@@ -2,7 +2,8 @@
 three stages of 2-conv BasicBlocks at 32/16/8 px; depth = 6n + 2. The ``x4`` variants (resnet8x4,
 resnet32x4) are the 4×-wider versions with channels [32, 64, 128, 256] used by the KD literature (CRD).
 
-This module also holds the few helpers the other zoo files share (``init_weights``, ``global_pool``).
+``conv3x3`` is shared by the other zoo files; ``init_weights`` and ``global_pool`` live in ``staged.py``
+(re-exported here).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .registry import register_model
+from .staged import StagedBackbone, global_pool, init_weights  # noqa: F401  (shared by the other zoo files)
 
 
 # ReLUs are never in-place anywhere in the zoo: a distiller may hook a BatchNorm (the pre-ReLU map) or
@@ -20,23 +22,6 @@ from .registry import register_model
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=False)
-
-
-def global_pool() -> nn.Sequential:
-    """The ``pool`` module of every classifier: ``[B, C, H, W] -> [B, C]`` for any H, W."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-
-def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out) convs, unit/zero norms, PyTorch's default for linear layers."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class BasicBlock(nn.Module):
@@ -68,7 +53,7 @@ class BasicBlock(nn.Module):
         return self.relu2(out + self.downsample(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StagedBackbone):
     """ResNet-(6n+2) for 32×32 inputs. ``channels`` = (stem, stage1, stage2, stage3)."""
 
     def __init__(
@@ -89,15 +74,9 @@ class CifarResNet(nn.Module):
         self.layer1 = self._make_stage(channels[1], n, stride=1)
         self.layer2 = self._make_stage(channels[2], n, stride=2)
         self.layer3 = self._make_stage(channels[3], n, stride=2)
-        self.pool = global_pool()
-        self.fc = nn.Linear(channels[3], num_classes)
-
-        self.feature_layers: tuple[str, ...] = ("layer1", "layer2", "layer3")
+        self.add_head(channels[3], num_classes)
         # the pre-ReLU sum of each stage's last block — the input of its final ReLU (RepDistiller's preact)
-        self.preact_layers: tuple[str, ...] = tuple(f"layer{i}.{n - 1}.relu2:input" for i in (1, 2, 3))
-        self.pooled_layer = "pool"
-        self.classifier = "fc"
-        init_weights(self)
+        self.preact_layers = tuple(f"layer{i}.{n - 1}.relu2:input" for i in (1, 2, 3))
 
     def _make_stage(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         layers = []
@@ -106,12 +85,6 @@ class CifarResNet(nn.Module):
             self._planes = planes
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.fc(self.pool(x))
 
 
 @register_model("resnet8")

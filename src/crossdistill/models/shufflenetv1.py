@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .cifar_resnet import conv3x3, global_pool, init_weights
+from .cifar_resnet import conv3x3
 from .registry import register_model
+from .staged import StagedBackbone
 
 
 class ChannelShuffle(nn.Module):
@@ -58,7 +59,7 @@ class ShuffleUnit(nn.Module):
         return self.relu3(torch.cat([out, res], 1) if self.stride == 2 else out + res)
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(StagedBackbone):
     """``stem`` (1×1 conv-BN-ReLU, 24 ch) and three stages at 16/8/4 px for a 32×32 input."""
 
     def __init__(
@@ -85,20 +86,7 @@ class ShuffleNetV1(nn.Module):
                 planes = out_planes
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
-        self.pool = global_pool()
-        self.fc = nn.Linear(planes, num_classes)
-
-        self.feature_layers: tuple[str, ...] = ("layer1", "layer2", "layer3")
-        self.pooled_layer = "pool"
-        self.classifier = "fc"
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.fc(self.pool(x))
+        self.add_head(planes, num_classes)
 
 
 @register_model("shufflenetv1")

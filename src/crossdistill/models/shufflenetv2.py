@@ -7,9 +7,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .cifar_resnet import conv3x3, global_pool, init_weights
+from .cifar_resnet import conv3x3
 from .registry import register_model
 from .shufflenetv1 import ChannelShuffle
+from .staged import StagedBackbone
 
 
 class BasicUnit(nn.Module):
@@ -71,9 +72,11 @@ class DownUnit(nn.Module):
         return self.shuffle(torch.cat([self.left(x), self.right(x)], 1))
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(StagedBackbone):
     """``stem`` (1×1 conv-BN-ReLU), three stages at 16/8/4 px for a 32×32 input, then ``last_conv``
     (1×1 conv-BN-ReLU), ``pool``, ``fc``."""
+
+    neck = "last_conv"
 
     def __init__(
         self,
@@ -98,20 +101,7 @@ class ShuffleNetV2(nn.Module):
         self.last_conv = nn.Sequential(
             nn.Conv2d(planes, last_channels, 1, bias=False), nn.BatchNorm2d(last_channels), nn.ReLU()
         )
-        self.pool = global_pool()
-        self.fc = nn.Linear(last_channels, num_classes)
-
-        self.feature_layers: tuple[str, ...] = ("layer1", "layer2", "layer3")
-        self.pooled_layer = "pool"
-        self.classifier = "fc"
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.fc(self.pool(self.last_conv(x)))
+        self.add_head(last_channels, num_classes)
 
 
 @register_model("shufflenetv2")

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 import torch.nn as nn
 
-from .cifar_resnet import conv3x3, global_pool, init_weights
+from .cifar_resnet import conv3x3
 from .registry import register_model
+from .staged import StagedBackbone
 
 # Output channels of each conv in the five groups.
 CONFIGS: dict[str, list[list[int]]] = {
@@ -30,7 +30,7 @@ def _convs(in_planes: int, widths: Sequence[int]) -> list[nn.Module]:
     return layers
 
 
-class VGG(nn.Module):
+class VGG(StagedBackbone):
     """Stages are grouped by resolution (32/16/8/4 px for a 32×32 input):
 
     - ``stem``   = group 1 at full resolution
@@ -46,20 +46,7 @@ class VGG(nn.Module):
         self.layer1 = nn.Sequential(nn.MaxPool2d(2), *_convs(g[0][-1], g[1]))
         self.layer2 = nn.Sequential(nn.MaxPool2d(2), *_convs(g[1][-1], g[2]))
         self.layer3 = nn.Sequential(nn.MaxPool2d(2), *_convs(g[2][-1], g[3] + g[4]))
-        self.pool = global_pool()
-        self.fc = nn.Linear(g[4][-1], num_classes)
-
-        self.feature_layers: tuple[str, ...] = ("layer1", "layer2", "layer3")
-        self.pooled_layer = "pool"
-        self.classifier = "fc"
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.fc(self.pool(x))
+        self.add_head(g[4][-1], num_classes)
 
 
 @register_model("vgg8")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .cifar_resnet import conv3x3, global_pool, init_weights
+from .cifar_resnet import conv3x3
 from .registry import register_model
+from .staged import StagedBackbone
 
 
 class PreActBlock(nn.Module):
@@ -34,12 +35,17 @@ class PreActBlock(nn.Module):
         return out + residual
 
 
-class WideResNet(nn.Module):
+class WideResNet(StagedBackbone):
     """WRN-depth-widen for 32×32 inputs.
 
     The stages end without an activation (pre-activation design), so their outputs are the
     pre-ReLU maps; the closing BN-ReLU is the module ``bn_relu`` before ``pool``.
     """
+
+    neck = "bn_relu"
+    # RepDistiller's pre-activation maps: each stage output through the BN that opens the next block
+    # (layer2.0.bn1, layer3.0.bn1), and the last one through the closing BN
+    preact_layers = ("layer2.0.bn1", "layer3.0.bn1", "bn_relu.0")
 
     def __init__(
         self,
@@ -59,16 +65,7 @@ class WideResNet(nn.Module):
         self.layer2 = self._make_stage(widths[1], widths[2], n, 2, drop_rate)
         self.layer3 = self._make_stage(widths[2], widths[3], n, 2, drop_rate)
         self.bn_relu = nn.Sequential(nn.BatchNorm2d(widths[3]), nn.ReLU())
-        self.pool = global_pool()
-        self.fc = nn.Linear(widths[3], num_classes)
-
-        self.feature_layers: tuple[str, ...] = ("layer1", "layer2", "layer3")
-        # RepDistiller's pre-activation maps: each stage output through the BN that opens the next block
-        # (layer2.0.bn1, layer3.0.bn1), and the last one through the closing BN
-        self.preact_layers: tuple[str, ...] = ("layer2.0.bn1", "layer3.0.bn1", "bn_relu.0")
-        self.pooled_layer = "pool"
-        self.classifier = "fc"
-        init_weights(self)
+        self.add_head(widths[3], num_classes)
         nn.init.zeros_(self.fc.bias)
 
     @staticmethod
@@ -80,12 +77,6 @@ class WideResNet(nn.Module):
             )
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.fc(self.pool(self.bn_relu(x)))
 
 
 @register_model("wrn_16_1")

@@ -59,7 +59,7 @@ def create_task(name: str, num_classes: int | None = None, **options) -> Task:
     return TASKS.get(name)(num_classes=num_classes, **options)
 
 
-def _check_target(batch: Dict[str, Tensor], key: str, task: str) -> Tensor:
+def check_target(batch: Dict[str, Tensor], key: str, task: str) -> Tensor:
     if key not in batch:
         raise DataError(
             f"task '{task}' needs the batch field '{key}', but the dataset gives only "

@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..checks import check_class_targets
 from ..errors import ConfigError
-from .base import Task, _check_target, register_task
+from .base import Task, check_target, register_task
 
 
 def metrics_device(metrics):
@@ -43,7 +43,7 @@ class ClassificationTask(Task):
         return self.num_classes
 
     def loss(self, output: Tensor, batch: Dict[str, Tensor]) -> Tensor:
-        label = _check_target(batch, self.target_key, self.name).to(output.device).long()
+        label = check_target(batch, self.target_key, self.name).to(output.device).long()
         try:
             return F.cross_entropy(output.float(), label, label_smoothing=self.label_smoothing)
         except (IndexError, RuntimeError):
@@ -59,6 +59,6 @@ class ClassificationTask(Task):
         return MetricCollection(m, compute_groups=False)
 
     def update_metrics(self, metrics, output: Tensor, batch: Dict[str, Tensor]) -> None:
-        label = _check_target(batch, self.target_key, self.name)
+        label = check_target(batch, self.target_key, self.name)
         dev = metrics_device(metrics)
         metrics.update(output.detach().float().to(dev), label.to(dev).long())

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
-from .base import Task, _check_target, register_task
+from .base import Task, check_target, register_task
 from .classification import metrics_device
 
 SILOG_LAMBDA = 0.5
@@ -108,7 +108,7 @@ class DepthTask(Task):
         return 1
 
     def _log_pred_and_gt(self, output: Tensor, batch: Dict[str, Tensor]):
-        gt = _check_target(batch, self.target_key, self.name)
+        gt = check_target(batch, self.target_key, self.name)
         if gt.dim() == 3:
             gt = gt.unsqueeze(1)
         gt = gt.to(output.device).float()

@@ -15,14 +15,14 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from ..checks import check_class_targets
 from ..errors import ConfigError
-from .base import Task, _check_target, register_task
+from .base import Task, check_target, register_task
 from .classification import metrics_device
 
 IGNORE_INDEX = 255
 
 
 def _mask_and_logits(output: Tensor, batch: Dict[str, Tensor], task: str):
-    mask = _check_target(batch, "mask", task)
+    mask = check_target(batch, "mask", task)
     if mask.dim() == 4 and mask.shape[1] == 1:
         mask = mask[:, 0]
     mask = mask.to(output.device).long()

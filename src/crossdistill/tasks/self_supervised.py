@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
-from .base import Task, _check_target, register_task
+from .base import Task, check_target, register_task
 from .knn import knn_predict
 
 MONITOR_K = 20
@@ -78,6 +78,6 @@ class SelfSupervisedTask(Task):
         return MetricCollection({"knn_acc": LeaveOneOutKnn()}, compute_groups=False)
 
     def update_metrics(self, metrics, output: Tensor, batch: Dict[str, Tensor]) -> None:
-        label = _check_target(batch, "label", self.name)  # the monitor's labels, never the training's
+        label = check_target(batch, "label", self.name)  # the monitor's labels, never the training's
         dev = next(iter(metrics.values())).device
         metrics.update(output.detach().float().to(dev), label.to(dev).long())

@@ -15,7 +15,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ..errors import DataError
-from .base import Task, _check_target, register_task
+from .base import Task, check_target, register_task
 from .classification import metrics_device
 
 
@@ -30,7 +30,7 @@ class TranslationTask(Task):
         return 3
 
     def _image_and_target(self, output: Tensor, batch: Dict[str, Tensor]):
-        target = _check_target(batch, self.target_key, self.name).to(output.device).float()
+        target = check_target(batch, self.target_key, self.name).to(output.device).float()
         if target.dim() != 4 or target.shape[1] != output.shape[1]:
             raise DataError(
                 f"task 'translation' needs '{self.target_key}' as [B, {output.shape[1]}, H, W], "

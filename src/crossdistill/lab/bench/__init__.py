@@ -1,14 +1,14 @@
 """``crossdistill bench NAME [key=value ...] [--quick]``: speed and memory, as ratios measured in one run.
 
 One file per benchmark in this package; a module ``bench/<name>.py`` *is* the benchmark ``<name>``
-(files starting with ``_`` are shared code). Each module defines
+(``common.py``, the shared code, and files starting with ``_`` are not benchmarks). Each module defines
 
 - ``DEFAULTS``: its options and their defaults (``out`` is where the JSON goes),
 - ``QUICK``: the options ``--quick`` changes (fewer steps: a smoke test, not a measurement),
 - ``CHOICES`` (optional): the allowed values of text options,
 - ``run(options, print_fn) -> dict``: measure, print a table, write the JSON, return the result.
 
-The shared timer, option parser and memory probes are in :mod:`crossdistill.lab.bench._common`.
+The shared timer, option parser and memory probes are in :mod:`crossdistill.lab.bench.common`.
 ``crossdistill bench all`` runs every benchmark; each gets the given options it knows (an option
 that no benchmark knows is an error).
 """
@@ -19,14 +19,17 @@ import pkgutil
 from typing import Any, Callable, Dict, List, Sequence
 
 from ...errors import ConfigError
-from ._common import parse_overrides, resolve_options
+from .common import parse_overrides, resolve_options
 
 __all__ = ["names", "load", "run_bench", "parse_overrides"]
+
+#: modules of this package that are shared code, not benchmarks
+SHARED = ("common",)
 
 
 def names() -> List[str]:
     """The benchmarks, from the files of this package (nothing is imported to list them)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name not in SHARED)
 
 
 def load(name: str):

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict
 import torch
 
 from ...models import create_model
-from ._common import interleave, machine, pick_device, summarise, table, write_json
+from .common import interleave, machine, pick_device, summarise, table, write_json
 from ._steps import PRECISIONS, random_batch, supervised_step
 
 DEFAULTS: Dict[str, Any] = {"model": "resnet8x4", "b": 64, "size": 32, "classes": 100, "steps": 8, "warmup": 2,

@@ -28,7 +28,7 @@ from ...config import load_config
 from ...engine.device import to_device
 from ...engine.sampler import set_data_epoch
 from ...teacher_cache import attach
-from ._common import interleave, machine, pick_device, ratios, summarise, table, write_json
+from .common import interleave, machine, pick_device, ratios, summarise, table, write_json
 from ._steps import PRECISIONS, autocast, sgd
 
 DEFAULTS: Dict[str, Any] = {

@@ -25,7 +25,7 @@ from ...losses import crd_dense_grad, crd_dense_logits, crd_loss_from_logits, cr
 from ...matmul import matmul_nt
 from ...methods.crd_memory import ContrastMemory
 from ...methods.crd_sampler import NegativeSampler
-from ._common import Lap, in_fresh_process, interleave, machine, peak_mib, pick_device, summarise, table, write_json
+from .common import Lap, in_fresh_process, interleave, machine, peak_mib, pick_device, summarise, table, write_json
 
 DEFAULTS: Dict[str, Any] = {
     "n": 50000, "k": 16384, "b": 64, "dim": 128, "classes": 100, "t": 0.07, "m": 0.5,

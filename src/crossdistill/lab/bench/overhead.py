@@ -41,7 +41,7 @@ from ...errors import CrossDistillError
 from ...methods import METHODS
 from ...models import create_model
 from ...options import options_model
-from ._common import in_fresh_process, interleave, machine, peak_mib, pick_device, ratios, summarise, table, write_json
+from .common import in_fresh_process, interleave, machine, peak_mib, pick_device, ratios, summarise, table, write_json
 from ._steps import PRECISIONS, distiller_step, random_batch, supervised_step, teacher_student_step
 
 DEFAULTS: Dict[str, Any] = {

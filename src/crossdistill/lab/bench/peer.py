@@ -37,7 +37,7 @@ from ...engine.device import Precision
 from ...models import create_model
 from ...sides import teacher_key
 from ...taps import OUTPUT
-from ._common import interleave, machine, pick_device, ratios, summarise, table, write_json
+from .common import interleave, machine, pick_device, ratios, summarise, table, write_json
 from ._steps import autocast, distiller_step, random_batch, sgd
 from .overhead import _info, row_config, with_sample_fields
 

@@ -15,7 +15,7 @@ from ...distiller import Distiller
 from ...methods import build_method
 from ...models import create_model
 from ...tasks import create_task
-from ._common import interleave, machine, pick_device, ratios, summarise, table, write_json
+from .common import interleave, machine, pick_device, ratios, summarise, table, write_json
 from ._steps import PRECISIONS, distiller_step, random_batch, supervised_step
 
 DEFAULTS: Dict[str, Any] = {"model": "resnet8x4", "b": 64, "size": 32, "classes": 100, "steps": 8, "warmup": 2,

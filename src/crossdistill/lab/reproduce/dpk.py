@@ -26,7 +26,7 @@ from ...config import deep_merge
 from ...data import create_dataset
 from ...errors import DataError
 from ...models import create_model
-from .grid import Cell, Result, _slug, run_grid, train_config
+from .grid import Cell, Result, slug, run_grid, train_config
 
 STUDENT = "resnet8"
 TEACHERS = ("resnet14", "resnet20", "resnet32", "resnet56", "resnet110")
@@ -44,8 +44,8 @@ SCALES: Dict[str, Dict[str, Any]] = {
                  seeds=(0, 1, 2), batch_size=64, data_options={"image_size": 16}, student_train={"eval_every": 2}),
 }
 
-#: (label, task weight γ, the term) — DPK is KD plus its feature term
-METHODS: Dict[str, Dict[str, Any]] = {
+#: the compared variants, label → (task weight γ, the terms) — DPK is KD plus its feature term
+VARIANTS: Dict[str, Dict[str, Any]] = {
     "KD": {"task_weight": 0.1, "terms": [{"method": "kd", "weight": 0.9, "T": 4}]},
     "DPK": {"task_weight": 0.1, "terms": [{"method": "dpk", "weight": 1.0, "kd_weight": 0.9, "T": 4,
                                            "feature_weight": 1.0}]},
@@ -91,7 +91,7 @@ def cells(out: Path, s: Dict[str, Any], seeds: Sequence[int]) -> List[Cell]:
     grid = [Cell("no teacher", "student alone", base, "acc", True, seeds)]
     for name in s["teachers"]:
         teacher = {"default": {"checkpoint": str(out / "teachers" / name / "student.pt")}}
-        for method, distill in METHODS.items():
+        for method, distill in VARIANTS.items():
             grid.append(Cell(name, method, deep_merge(base, {"teachers": teacher, "distill": distill}), "acc", True, seeds))
     return grid
 
@@ -123,7 +123,7 @@ def shares(out: Path, teacher: str, seeds: Sequence[int]) -> str:
     """The DPK runs' teacher share per stage, averaged over the logged steps and the seeds."""
     per_stage: Dict[str, List[float]] = {}
     for seed in seeds:
-        log = out / "runs" / _slug(f"{teacher}__DPK__s{seed}") / "metrics.jsonl"
+        log = out / "runs" / slug(f"{teacher}__DPK__s{seed}") / "metrics.jsonl"
         if not log.exists():
             continue
         for line in log.read_text().splitlines():
@@ -150,7 +150,7 @@ def summarise(results: Sequence[Result], teachers: Dict[str, Dict[str, Any]], ou
         w.writerow(["", "", "", "student alone", len(alone.values), f"{alone.mean:.6f}", f"{alone.std:.6f}",
                     " ".join(f"{v:.6f}" for v in alone.values), alone.diverged])
         for n in teachers:
-            for m in METHODS:
+            for m in VARIANTS:
                 r = by[(n, m)]
                 w.writerow([n, params[n], f"{t_acc[n]:.6f}", m, len(r.values), f"{r.mean:.6f}", f"{r.std:.6f}",
                             " ".join(f"{v:.6f}" for v in r.values), r.diverged])
@@ -161,12 +161,12 @@ def summarise(results: Sequence[Result], teachers: Dict[str, Dict[str, Any]], ou
 
     lines = [f"### {title}", "", f"Student {STUDENT} ({parameter_count(STUDENT) / 1e6:.2f}M parameters) alone: "
              f"**{cell(alone)}**.", "",
-             "| teacher | params | teacher acc | " + " | ".join(f"student + {m}" for m in METHODS)
-             + " | DPK − KD | DPK teacher share per stage |", "|---|---|---|" + "---|" * len(METHODS) + "---|---|"]
+             "| teacher | params | teacher acc | " + " | ".join(f"student + {m}" for m in VARIANTS)
+             + " | DPK − KD | DPK teacher share per stage |", "|---|---|---|" + "---|" * len(VARIANTS) + "---|---|"]
     for n in teachers:
         gap = 100 * (by[(n, "DPK")].mean - by[(n, "KD")].mean)
         lines.append(f"| {n} | {params[n] / 1e6:.2f}M | {100 * t_acc[n]:.2f} | "
-                     + " | ".join(cell(by[(n, m)]) for m in METHODS) + f" | {gap:+.2f} | {shares(out, n, seeds)} |")
+                     + " | ".join(cell(by[(n, m)]) for m in VARIANTS) + f" | {gap:+.2f} | {shares(out, n, seeds)} |")
     lines += ["", f"Top-1 test accuracy (%) at the last epoch, mean ± std over {n_seeds} seeds; teachers trained "
               "once (seed 1000). DPK teacher share: the logged `dpk/share/<stage>`, averaged over training steps "
               "and seeds (1 − the smoothed CKA between the student's and the teacher's stage maps).", ""]
@@ -174,7 +174,7 @@ def summarise(results: Sequence[Result], teachers: Dict[str, Dict[str, Any]], ou
               f"{len(teachers)}) | best teacher for the student |", "|---|---|---|---|"]
     stats = {}
     order = sorted(teachers, key=lambda n: t_acc[n])
-    for m in METHODS:
+    for m in VARIANTS:
         means = [by[(n, m)].mean for n in order]
         rho, p = spearman([t_acc[n] for n in order], means)
         best = max(order, key=lambda n: by[(n, m)].mean)
@@ -197,7 +197,7 @@ def plot(results: Sequence[Result], t_acc: Dict[str, float], alone: Result, path
     order = sorted(t_acc, key=lambda n: t_acc[n])
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     xs = [100 * t_acc[n] for n in order]
-    for i, m in enumerate(METHODS):
+    for i, m in enumerate(VARIANTS):
         ys = [100 * by[(n, m)].mean for n in order]
         es = [100 * by[(n, m)].std for n in order]
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"student + {m}", color=f"C{i}")

@@ -127,7 +127,7 @@ def _train_seeds(cell: Cell, config: Dict[str, Any], name: str, out: Path, log) 
     seeds, summaries, diverged = [], [], 0
     for seed in cell.seeds:
         raw = deep_merge(config, {"seed": seed})
-        folder = out / "runs" / _slug(f"{name}__s{seed}")
+        folder = out / "runs" / slug(f"{name}__s{seed}")
         try:
             summaries.append(dict(train_config(raw, folder, log), folder=str(folder)))
             seeds.append(seed)
@@ -224,7 +224,8 @@ def write_selection(results: Sequence[Result], out: Path) -> None:
                 w.writerow([r.row, r.col, label, f"{mean:.6f}", f"{std:.6f}", diverged, int(label == r.selected)])
 
 
-def _slug(s: str) -> str:
+def slug(s: str) -> str:
+    """A folder name from a row or column label (letters, digits, "-_." kept; anything else becomes "-")."""
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in s)
 
 

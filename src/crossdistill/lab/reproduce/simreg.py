@@ -34,7 +34,7 @@ from ...data import create_dataset
 from ...engine.representation import extract_features, knn_eval, linear_probe
 from ...errors import NonFiniteLossError
 from ...models import create_model
-from .grid import Result, train_config, write_tables
+from .grid import Result, slug, train_config, write_tables
 
 SCALES: Dict[str, Dict[str, Any]] = {
     "quick": dict(subset=2000, teacher_subset=2000, epochs=4, ssl_epochs=6, sup_epochs=4, batch_size=128, nce_k=1024,
@@ -155,7 +155,7 @@ def reproduce_simreg(out: Path, quick: bool = False, seeds=None, log: Callable[[
         values: Dict[str, List[float]] = {m: [] for m, _ in METRICS}
         diverged, seconds = 0, 0.0
         for seed in seeds:
-            folder = out / "runs" / f"{_slug(row)}__s{seed}"
+            folder = out / "runs" / f"{slug(row)}__s{seed}"
             try:
                 train_config(deep_merge(cfg, {"seed": seed}), folder, log)
             except NonFiniteLossError as e:  # a diverged run is a result too: reported, not hidden
@@ -195,14 +195,10 @@ def longer_training(cells: Dict[str, Dict[str, Any]], s: Dict[str, Any], seed: i
     """The plateau check: PLATEAU_ROW once more with twice the epochs (the cosine schedule stretched)."""
     if PLATEAU_ROW not in cells:
         return {}
-    folder = out / "runs" / f"{_slug(PLATEAU_ROW)}__twice-as-long__s{seed}"
+    folder = out / "runs" / f"{slug(PLATEAU_ROW)}__twice-as-long__s{seed}"
     train_config(deep_merge(cells[PLATEAU_ROW], {"seed": seed, "train": {"epochs": 2 * s["epochs"]}}), folder, log)
-    short = out / "runs" / f"{_slug(PLATEAU_ROW)}__s{seed}"
+    short = out / "runs" / f"{slug(PLATEAU_ROW)}__s{seed}"
     return {"long": evaluate_run(folder, s["probe_epochs"]), "short": evaluate_run(short, s["probe_epochs"])}
-
-
-def _slug(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in s)
 
 
 def _monitor_curve(folder: Path) -> List[float]:

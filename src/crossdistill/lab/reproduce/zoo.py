@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
+from ...catalog import builtin_names, method_rows
 from ...config import deep_merge
+from ...methods import METHODS
 from .grid import Cell, plot_results, run_grid, train_config, write_tables
 
 SCALES: Dict[str, Dict[str, Any]] = {
@@ -21,17 +23,23 @@ SCALES: Dict[str, Dict[str, Any]] = {
 }
 TEACHER, STUDENT = "resnet32", "resnet8"
 
-# method → (its term options, task weight γ); α·KD terms are spelled out as their own term
-METHODS: Dict[str, List[Dict[str, Any]]] = {
-    "KD": [{"method": "kd", "weight": 0.9, "T": 4}],
-    "FitNet": [{"method": "fitnet", "weight": 100}],
-    "AT": [{"method": "at"}], "SP": [{"method": "sp"}], "CC": [{"method": "cc"}], "VID": [{"method": "vid"}],
-    "RKD": [{"method": "rkd"}], "PKT": [{"method": "pkt"}], "AB": [{"method": "ab"}], "FT": [{"method": "ft"}],
-    "FSP": [{"method": "fsp"}], "NST": [{"method": "nst"}], "CRD": [{"method": "crd"}],
+# the grid's columns: every built-in method that declares ``zoo = True``, labelled by its class name, on
+# its defaults (β = default_weight), in the registry's order (kind, year, name); then the combinations
+# (an α·KD term spelled out as its own term)
+COMBINATIONS: Dict[str, List[Dict[str, Any]]] = {
     "CRD+KD": [{"method": "crd"}, {"method": "kd", "weight": 1.0, "T": 4}],
     # issue 20: the authors' CIFAR-100 weights (ReviewKD 5; SRD and VkD carry their KD at T = 1)
     "ReviewKD": [{"method": "reviewkd", "weight": 5.0}], "SRD": [{"method": "srd"}], "VkD": [{"method": "vkd"}],
 }
+
+
+def zoo_variants() -> Dict[str, List[Dict[str, Any]]]:
+    """Column label → its terms."""
+    zoo = [r["name"] for r in method_rows(builtin_names()) if METHODS.get(r["name"]).zoo]
+    return {**{METHODS.get(n).__name__: [{"method": n}] for n in zoo}, **COMBINATIONS}
+
+
+VARIANTS = zoo_variants()
 TASK_WEIGHT = {"KD": 0.1}
 # the init phase's learning rate per method, as RepDistiller: 0.05 for AB and FSP, 0.01 for FT
 INIT_PHASE_LR = {"ab": 0.05, "ft": 0.01, "fsp": 0.05}
@@ -52,7 +60,7 @@ def base_config(s: Dict[str, Any], model: str, epochs: int) -> Dict[str, Any]:
 
 def _terms(name: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
     terms = []
-    for t in METHODS[name]:
+    for t in VARIANTS[name]:
         t = dict(t)
         if t["method"] in INIT_PHASE_LR:
             t["init_epochs"] = s["init_epochs"]
@@ -76,12 +84,12 @@ def reproduce_zoo(out: Path, quick: bool = False, seeds=None, log=print, only=No
     row = f"{TEACHER} → {STUDENT}"
     cells = [Cell(row, "student", base, "acc", True, seeds)]
     teacher = {"default": {"checkpoint": str(teacher_dir / "student.pt")}}
-    for name in METHODS:
+    for name in VARIANTS:
         if only is not None and name not in only:
             continue
         cfg = deep_merge(base, {"teachers": teacher,
                                 "distill": {"task_weight": TASK_WEIGHT.get(name, 1.0), "terms": _terms(name, s)}})
-        phase_lr = {INIT_PHASE_LR[t["method"]] for t in METHODS[name] if t["method"] in INIT_PHASE_LR}
+        phase_lr = {INIT_PHASE_LR[t["method"]] for t in VARIANTS[name] if t["method"] in INIT_PHASE_LR}
         if phase_lr:
             cfg = deep_merge(cfg, {"train": {"phase_lr": {"init": phase_lr.pop()}}})
         cells.append(Cell(row, name, cfg, "acc", True, seeds))

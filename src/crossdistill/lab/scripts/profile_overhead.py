@@ -12,7 +12,7 @@ import torch
 from torch.profiler import profile, ProfilerActivity, record_function
 
 from crossdistill.lab.bench.overhead import DEFAULTS, variants, STUDENT, STUDENT_TEACHER
-from crossdistill.lab.bench._common import interleave
+from crossdistill.lab.bench.common import interleave
 
 torch.set_num_threads(1)
 mode, want, out_path = sys.argv[1], sys.argv[2].split(","), sys.argv[3]

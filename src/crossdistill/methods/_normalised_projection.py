@@ -13,32 +13,35 @@ The term: ``feature_weight · distance + kd_weight · kd_loss(T)``, both parts l
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Union
+from typing import Any, ClassVar, Dict
 
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses import kd_loss
-from ..projectors import Projector, ProjectorOptions, pool_to_vector
+from ..projectors import ProjectorOptions, pool_to_vector
+from .base import NonNegative, Positive
+from .projected import ProjectedMethod
 
 
-class NormalisedProjection:
-    """Mix-in: ``class SRD(NormalisedProjection, Method)`` with ``feature_distance(z_s, z_t)``,
-    ``option_defaults``; the distance receives the projected pair (its normalisation included)."""
+class NormalisedProjection(ProjectedMethod):
+    """``class SRD(NormalisedProjection)`` with ``feature_distance(z_s, z_t)`` and ``option_defaults``
+    (the method's own projector defaults, under what the user gives); the distance receives the
+    projected pair (its normalisation included). ``projector``, ``projector_options``:
+    :class:`~crossdistill.methods.projected.ProjectedMethod`."""
 
-    option_defaults: Dict[str, Any] = {}
+    option_defaults: ClassVar[Dict[str, Any]] = {}
     default_student = ["@pooled", "output"]
     default_teacher = ["@pooled", "output"]
 
-    def setup_projection(self, projector: str, projector_options: Union[ProjectorOptions, Dict, None],
-                         feature_weight: float, kd_weight: float, T: float) -> None:
-        given = projector_options.model_dump(exclude_unset=True) if isinstance(projector_options, ProjectorOptions) \
-            else dict(projector_options or {})
+    def __init__(self, feature_weight: NonNegative = 1.0, kd_weight: NonNegative = 1.0, T: Positive = 1.0,
+                 **options):
+        super().__init__(**options)
+        given = self.projector_options.model_dump(exclude_unset=True)
         self.projector_options = ProjectorOptions.coerce({**self.option_defaults, **given})
         if self.projector_options.norm != "none":
             raise ConfigError(f"{self.name}: projector_options.norm must be 'none': the method normalises the "
                               "features itself")
-        self.projector_direction = projector
         self.feature_weight, self.kd_weight, self.T = feature_weight, kd_weight, T
 
     def build(self, s, t):
@@ -47,8 +50,7 @@ class NormalisedProjection:
                               f"(sides ['@pooled', 'output']), got {len(s)} student and {len(t)} teacher side(s); "
                               "or set kd_weight: 0")
         z_s, z_t = pool_to_vector(s[0]), pool_to_vector(t[0])
-        self.projector = Projector(z_s.shape[1:], z_t.shape[1:], self.projector_direction, "linear",
-                                   self.projector_options)
+        self.projector = self.make_projector(z_s.shape[1:], z_t.shape[1:])
 
     def feature_distance(self, z_s: Tensor, z_t: Tensor) -> Tensor:
         raise NotImplementedError

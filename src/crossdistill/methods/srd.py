@@ -14,16 +14,15 @@ are then normalised in the student's space). Shared machinery: ``methods/_normal
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar
 
 from ..losses import srd_loss
-from ..projectors import ProjectorOptions
 from ._normalised_projection import NormalisedProjection
-from .base import Method, NonNegative, Positive, register_method
+from .base import NonNegative, Positive, register_method
 
 
 @register_method("srd")
-class SRD(NormalisedProjection, Method):
+class SRD(NormalisedProjection):
     paper: ClassVar[str] = ("Miles & Mikolajczyk, AAAI 2024 — Understanding the Role of the Projector in "
                             "Knowledge Distillation")
     year: ClassVar[int] = 2024
@@ -31,12 +30,10 @@ class SRD(NormalisedProjection, Method):
     default_weight = 1.0
     option_defaults = {"bias": True}  # the reference's nn.Linear keeps its bias
 
-    def __init__(self, projector: Literal["standard", "inverted"] = "standard", alpha: Positive = 4.0,
-                 eps: Positive = 1e-4, feature_weight: NonNegative = 2.0, kd_weight: NonNegative = 1.0,
-                 T: Positive = 1.0, projector_options: Optional[ProjectorOptions] = None, **sides):
-        super().__init__(**sides)
+    def __init__(self, alpha: Positive = 4.0, eps: Positive = 1e-4, feature_weight: NonNegative = 2.0,
+                 kd_weight: NonNegative = 1.0, T: Positive = 1.0, **options):
+        super().__init__(feature_weight=feature_weight, kd_weight=kd_weight, T=T, **options)
         self.alpha, self.eps = alpha, eps
-        self.setup_projection(projector, projector_options, feature_weight, kd_weight, T)
 
     def feature_distance(self, z_s, z_t):
         return srd_loss(z_s, z_t, self.alpha, self.eps)

@@ -15,16 +15,15 @@ student has only its logits. Shared machinery: ``methods/_normalised_projection.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar
 
 from ..losses import vkd_loss
-from ..projectors import ProjectorOptions
 from ._normalised_projection import NormalisedProjection
-from .base import Method, NonNegative, Positive, register_method
+from .base import NonNegative, Positive, register_method
 
 
 @register_method("vkd")
-class VkD(NormalisedProjection, Method):
+class VkD(NormalisedProjection):
     paper: ClassVar[str] = ("Miles, Elezi & Deng, CVPR 2024 — VkD: Improving Knowledge Distillation using "
                             "Orthogonal Projections")
     year: ClassVar[int] = 2024
@@ -32,12 +31,10 @@ class VkD(NormalisedProjection, Method):
     default_weight = 1.0
     option_defaults = {"orthogonal": True}  # no bias: the reference's Linear(bias=False)
 
-    def __init__(self, projector: Literal["standard", "inverted"] = "standard", beta: Positive = 1.0,
-                 eps: Positive = 1e-5, feature_weight: NonNegative = 1.0, kd_weight: NonNegative = 1.0,
-                 T: Positive = 1.0, projector_options: Optional[ProjectorOptions] = None, **sides):
-        super().__init__(**sides)
+    def __init__(self, beta: Positive = 1.0, eps: Positive = 1e-5, feature_weight: NonNegative = 1.0,
+                 kd_weight: NonNegative = 1.0, T: Positive = 1.0, **options):
+        super().__init__(feature_weight=feature_weight, kd_weight=kd_weight, T=T, **options)
         self.beta, self.eps = beta, eps
-        self.setup_projection(projector, projector_options, feature_weight, kd_weight, T)
 
     def feature_distance(self, z_s, z_t):
         return vkd_loss(z_s, z_t, self.beta, self.eps)

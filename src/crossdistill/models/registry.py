@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch.nn as nn
 
+from ..errors import ConfigError
 from ..registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -28,8 +29,6 @@ def create_model(name: str, num_classes: int = 100, in_channels: int = 3, **kwar
         return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
     except (TypeError, ValueError) as e:
         # an unknown or ill-typed option (e.g. ``options: {widht: 2}``) is the user's, not a crash
-        from ..errors import ConfigError
-
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model '{name}' cannot be built with options {kwargs or '{}'} ({msg}); "
                           "check the option names and values in the model's docstring") from None

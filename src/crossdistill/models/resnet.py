@@ -14,6 +14,7 @@ from typing import Dict, Optional, Sequence, Type
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError
 from .cifar_resnet import BasicBlock, global_pool, init_weights
 from .registry import register_model
 
@@ -84,8 +85,6 @@ class ResNet(nn.Module):
         elif stem == "imagenet":  # 7×7 stride-2 conv + 3×3 stride-2 max-pool, for 224 px inputs
             self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         else:
-            from ..errors import ConfigError
-
             raise ConfigError(f"ResNet stem '{stem}' is unknown: valid choices: cifar, imagenet")
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU()
@@ -167,8 +166,6 @@ def state_dict_from_torchvision(state: Dict[str, torch.Tensor], strip_prefix: st
         for k in [k for k in out if k.startswith("fc.")]:
             del out[k]
         if num_classes is None:
-            from ..errors import ConfigError
-
             raise ConfigError("the state dict has no linear fc; give num_classes for the replacement classifier")
         out["fc.weight"] = torch.zeros(num_classes, width)
         out["fc.bias"] = torch.zeros(num_classes)

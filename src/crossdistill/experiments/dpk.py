@@ -56,9 +56,9 @@ SCALES: Dict[str, Dict[str, Any]] = {
                  seeds=(0, 1, 2), batch_size=128, kd_cache_views=8, teacher_train={"eval_every": 1},
                  student_train={"eval_every": 4}, train={"precision": "fp32"}),
     # the confounded first attempt (docs/results.md#dpk): teachers of growing depth at 16 px
-    "depth-2024": dict(subset=10000, student_subset=3000, epochs=16, teacher_epochs=20, teachers=DEPTH_TEACHERS,
-                       seeds=(0, 1, 2), batch_size=64, data_options={"image_size": 16},
-                       student_train={"eval_every": 2}),
+    "first-attempt": dict(subset=10000, student_subset=3000, epochs=16, teacher_epochs=20, teachers=DEPTH_TEACHERS,
+                          seeds=(0, 1, 2), batch_size=64, data_options={"image_size": 16},
+                          student_train={"eval_every": 2}),
 }
 
 

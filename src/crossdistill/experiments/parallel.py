@@ -56,9 +56,14 @@ def _train_one(config: Dict[str, Any], folder: str) -> Tuple[str, str, float]:
 
     from .grid import train_config
 
+    from ..errors import NonFiniteLossError
+
     torch.set_num_threads(1)
     t0 = time.time()
-    summary = train_config(config, Path(folder), log=lambda *_: None)
+    try:
+        summary = train_config(config, Path(folder), log=lambda *_: None)
+    except NonFiniteLossError:  # a result too: run_grid meets it again and reports it as diverged
+        return folder, "diverged", time.time() - t0
     metric = summary["primary_metric"]
     return folder, f"{metric}={summary['last'][metric]:.4f}", time.time() - t0
 

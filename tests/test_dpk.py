@@ -579,24 +579,40 @@ def test_reproduce_dpk_teacher_size_writes_table_csv_plot_and_spearman(tmp_path,
     from crossdistill.cli import main
     from crossdistill.lab.reproduce import dpk as experiment
 
-    tiny = dict(subset=48, epochs=1, teacher_epochs=1, teachers=("resnet8", "resnet14", "resnet20"), seeds=(0, 1),
-                batch_size=16, data_options={"image_size": 16}, train={"precision": "fp32", "threads": 1})
+    # teachers of one depth and growing width (the reproduction's family), KD from the teacher cache
+    tiny = dict(subset=48, epochs=1, teacher_epochs=2, teachers=("resnet8-w4", "resnet8-w8", "resnet8-w16"),
+                seeds=(0, 1), batch_size=16, data_options={"image_size": 16}, kd_cache_views=2,
+                teacher_train={"eval_every": 1}, train={"precision": "fp32", "threads": 1})
     monkeypatch.setitem(experiment.SCALES, "quick", tiny)
     assert main(["reproduce", "dpk-teacher-size", "--quick", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "results.md").read_text()
-    assert "teacher acc" in md and "student + KD" in md and "student + DPK" in md and "Spearman" in md
+    assert "teacher acc" in md and "student + KD" in md and "student + DPK" in md and "teacher size vs student" in md
     assert "over 2 seeds" in md and sum(line.startswith("| resnet") for line in md.splitlines()) == 3
     share_cells = [line.split("|")[-2].strip() for line in md.splitlines() if line.startswith("| resnet")]
     assert all(len(c.split(" / ")) == 3 and all(0 <= float(v) <= 1 for v in c.split(" / ")) for c in share_cells)
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert len(rows) == 1 + 3 * 2 and all(r["n_seeds"] == "2" for r in rows)
     assert all(0 <= float(r["teacher_acc"]) <= 1 for r in rows if r["teacher"])
-    assert (tmp_path / "results.png").stat().st_size > 1000
+    # parameters grow with width: the size axis is the width axis
+    sizes = [int(r["teacher_params"]) for r in rows if r["teacher"] and r["method"] == "KD"]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 3
+    assert (tmp_path / "results.png").stat().st_size > 1000 and (tmp_path / "curves.png").stat().st_size > 1000
     stats = json.loads((tmp_path / "spearman.json").read_text())
-    assert set(stats) == {"KD", "DPK"}
-    # each teacher was trained once, every student run read one of them
-    assert sorted(p.name for p in (tmp_path / "teachers").iterdir()) == ["resnet14", "resnet20", "resnet8"]
+    assert set(stats) == {"KD", "DPK", "teacher_acc_rises_strictly"}
+    assert all({"rho_size", "p_size", "rho_acc", "p_acc"} <= set(stats[m]) for m in ("KD", "DPK"))
+    # each teacher was trained once, every student run read one of them; KD's teachers were cached once each
+    assert sorted(p.name for p in (tmp_path / "teachers").iterdir()) == ["resnet8-w16", "resnet8-w4", "resnet8-w8"]
     assert len(list(tmp_path.glob("runs/*/summary.json"))) == 2 * (1 + 3 * 2)
+    assert sorted(p.name for p in (tmp_path / "teacher_cache").iterdir()) == ["resnet8-w16", "resnet8-w4", "resnet8-w8"]
+    assert all((tmp_path / "teacher_cache" / n / "manifest.json").exists() for n in ("resnet8-w4", "resnet8-w16"))
+
+
+def test_the_width_family_is_the_standard_resnet_at_width_16():
+    from crossdistill.lab.reproduce.dpk import parameter_count, teacher_model
+
+    assert teacher_model("resnet14-w32") == {"name": "resnet_width", "options": {"depth": 14, "width": 32}}
+    assert parameter_count("resnet14-w16") == parameter_count("resnet14")
+    assert parameter_count("resnet14-w8") < parameter_count("resnet14-w16") < parameter_count("resnet14-w32")
 
 
 def test_spearman_on_known_ranks():

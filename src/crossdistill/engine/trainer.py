@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -231,7 +232,10 @@ class Trainer:
         if self.tc.max_steps_per_epoch:
             n_batches = min(n_batches, self.tc.max_steps_per_epoch)
         bar = None
-        if self.is_main and self.tc.progress:
+        # no terminal to draw a bar on (a pipe, a log file): one plain line per epoch instead (below)
+        plain = self.is_main and self.tc.progress and not sys.stderr.isatty()
+        last_loss, t0 = None, time.time()
+        if self.is_main and self.tc.progress and not plain:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n_batches, initial=self.pos.step, desc=f"{phase} {self.pos.epoch + 1}/{epochs}",
@@ -250,6 +254,7 @@ class Trainer:
                     # the only place loss values leave the device: on logging steps, not every step
                     self._check_finite()
                     record = self._logged(parts)
+                    last_loss = record["loss"]
                     if bar is not None:
                         bar.set_postfix(loss=f"{record['loss']:.4f}")
                     self.log.write({"step": self.pos.global_step, "phase": phase, "lr": lr,
@@ -261,6 +266,9 @@ class Trainer:
             if bar is not None:
                 bar.close()
         self._check_finite()
+        if plain:
+            loss = "" if last_loss is None else f" loss {last_loss:.4f}"
+            print(f"{phase} epoch {self.pos.epoch + 1}/{epochs}:{loss} ({time.time() - t0:.1f}s)", flush=True)
 
     def _step(self, batch: Dict[str, Any], phase: str) -> Dict[str, Tensor]:
         self.optimizer.zero_grad(set_to_none=True)

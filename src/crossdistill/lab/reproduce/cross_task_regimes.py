@@ -62,7 +62,9 @@ SCALES: Dict[str, Dict[str, Any]] = {
                   sizes=(128, 512), students=("dense_resnet_xs",),
                   centre=(512, "dense_resnet_xs"), extras=(), readings=(),
                   teacher="dense_resnet_s", teacher_size=1024, teacher_epochs=6,
-                  factors=(0.1, 1.0), seeds=(0, 1, 2), batch_size=32),
+                  # 2 seeds: 72 runs + 2 teachers ≈ 7½ min of one AVX2 core (3 seeds: ≈ 11, over the
+                  # 10-minute --quick budget; estimated from measured per-step CPU time, docs/results.md#demo)
+                  factors=(0.1, 1.0), seeds=(0, 1), batch_size=32),
     # epochs per size: ~400–500 steps, at a plateau (checked on the validation curves, see docs). The map
     # is a cross sized for a shared 2-core CPU: the size axis at xs, the capacity axis at 128 scenes
     # (the data-scarce end, like NYUv2's 795 labelled images); the extras sit at that centre.

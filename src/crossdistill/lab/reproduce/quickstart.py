@@ -2,13 +2,15 @@
 scenes). Both write a Markdown/CSV table and a PNG plot and print the table."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ...config import deep_merge
 from ...data.scenes import NUM_SEG_CLASSES
 from .cross_task_regimes import OTHER_TASK, Regime, SCALES, base_config, fitnet_terms
 from .grid import Cell, Selection, plot_results, run_grid, train_config, write_tables
+from .parallel import default_workers, planned_runs, train_runs
 
 SCALES: Dict[str, Dict[str, Any]] = {
     "quick": dict(train_size=2000, test_size=500, epochs=4, teacher_epochs=6, seeds=(0, 1, 2)),
@@ -79,19 +81,31 @@ def demo_cells(seeds) -> list:
     r = Regime(**DEMO_REGIME)
     head = NUM_SEG_CLASSES if OTHER_TASK[r.task] == "segmentation" else 1
     random_teacher = {"model": s["teacher"], "num_classes": head, "random_init": True, "seed": 7}
-    base = base_config(r, s)
+    # one intra-op thread per run: the runs go side by side, one per core (lab/reproduce/parallel.py)
+    base = deep_merge(base_config(r, s), {"train": {"threads": 1}})
     distilled = deep_merge(base, {"teachers": {"default": random_teacher},
                                   "distill": {"terms": fitnet_terms(r, "inverted")}})
     return [Cell(r.label(s), "no distillation", base, "miou", True, seeds),
             Cell(r.label(s), "random teacher: inverted", distilled, "miou", True, seeds)]
 
 
-def run_demo(out: Path, quick: bool = False, log=print) -> None:
+def run_demo(out: Path, quick: bool = False, log=print, workers: Optional[int] = None) -> None:
     """Learning to Project in about two minutes: the regime of our study where a random teacher
     helped through the inverted projector, trained as the study trained it (the same split held out
-    for validation, the weight it chose), and a plain statement of what that does and does not show."""
-    grid = demo_cells((0, 1) if quick else (0, 1, 2))
-    results = run_grid(grid, out, log, Selection(factors=(1.0,), validation=SCALES["full"]["validation"]))
+    for validation, the weight it chose, 100 epochs, one thread per run), and a plain statement of
+    what that does and does not show. Two seeds of each column (``quick``: one), trained from scratch
+    in ``workers`` single-thread processes side by side (default: one per core, at most 4)."""
+    if (out / "runs").exists():  # a demo trains from scratch every time: no run of an earlier demo is read back
+        shutil.rmtree(out / "runs")
+    grid = demo_cells((0,) if quick else (0, 1))
+    select = Selection(factors=(1.0,), validation=SCALES["full"]["validation"])
+    workers = workers or default_workers()
+    if workers > 1:
+        runs = planned_runs(grid, out, select)
+        log(f"demo: {len(runs)} runs of {grid[0].config['train']['epochs']} epochs, {workers} at a time "
+            f"(one thread each), into {out}/runs/")
+        train_runs(runs, workers, log)
+    results = run_grid(grid, out, log, select)  # reads the finished runs back, scores them on the test split
     title = "Demo: a segmentation student from a random teacher, inverted projector (small scale)"
     md = write_tables(results, out, title) + "\n" + DEMO_NOTE
     (out / "results.md").write_text(md)

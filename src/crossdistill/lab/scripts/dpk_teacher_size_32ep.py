@@ -14,7 +14,7 @@ from crossdistill.lab.reproduce import dpk
 from crossdistill.lab.reproduce.grid import train_config
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/reproduce/dpk-teacher-size")
-scale = dpk.SCALES["full"]
+scale = dpk.SCALES["first-attempt"]  # the confounded first attempt (teachers of growing depth)
 for cell in dpk.cells(out, scale, (0,)):
     cfg = deep_merge(cell.config, {"seed": 0, "train": {"epochs": 2 * scale["epochs"]}})
     train_config(cfg, out / "32ep" / f"{cell.row}_{cell.col}".replace(" ", "-"), print)

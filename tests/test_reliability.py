@@ -105,7 +105,7 @@ CASES = [
      "outputs (2, 1), which task 'depth' cannot use", 2, "x-depth"),
     ("dense-student-for-classification", "train {b} output_dir={d}/x-dense student.name=dense_resnet_xs",
      "it needs logits [B, 4]", 2, "x-dense"),
-    ("data-channels-vs-teacher", f"train {{b}} output_dir={{d}}/x-ch data.options.in_channels=1 teachers.default.model=null "
+    ("data-channels-vs-teacher", "train {b} output_dir={d}/x-ch data.options.in_channels=1 teachers.default.model=null "
      "teachers.default.num_classes=null teachers.default.random_init=false "
      "teachers.default.checkpoint={d}/good/student.pt", "reads 3 input channel(s) but is given 1", 2, "x-ch"),
     ("teacher-view-channels", "train {b} output_dir={d}/x-view teachers.default.model=null "

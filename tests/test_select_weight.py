@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-from crossdistill.lab.reproduce import grid
 from crossdistill.lab.reproduce.grid import Cell, Selection, pick_candidate, run_grid, weight_candidates, write_tables
 
 BASE = {"data": {"name": "shapes", "batch_size": 8, "augment": "none",

@@ -16,7 +16,6 @@ from crossdistill.losses import normalized_regression_loss
 from crossdistill.methods import build_method
 from crossdistill.methods.simreg import head_hidden_widths
 from crossdistill.projectors import MLPHead
-from crossdistill.tasks import create_task
 
 from helpers import TinyNet, toy_batch
 

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from .build import build_run, start_run
 from .catalog import methods_lines, methods_table
@@ -21,7 +21,6 @@ from .data import list_datasets
 from .engine.distributed import distributed, world_info
 from .engine.trainer import Trainer
 from .errors import ConfigError, CrossDistillError, worker_error_line
-from .methods import METHODS
 from .models import create_model, list_models
 from .sides import TOKEN_ALIASES
 from .tasks import TASKS

@@ -41,7 +41,6 @@ method that builds a :class:`Projector`; docs/cross_task.md says where each come
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Iterable, Literal, Optional, Sequence, Tuple, Union
 
 import torch

@@ -23,13 +23,9 @@ writes ``eval.json`` next to the checkpoint (atomically, merged with what is alr
 """
 from __future__ import annotations
 
-import inspect
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn

@@ -4,7 +4,6 @@ under ``no_grad``).
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -38,7 +38,7 @@ from ...models import create_model
 from ...sides import teacher_key
 from ...taps import OUTPUT
 from .common import interleave, machine, pick_device, ratios, summarise, table, write_json
-from ._steps import autocast, distiller_step, random_batch, sgd
+from ._steps import distiller_step, random_batch, sgd
 from .overhead import _info, row_config, with_sample_fields
 
 DEFAULTS: Dict[str, Any] = {

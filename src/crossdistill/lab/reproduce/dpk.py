@@ -233,7 +233,7 @@ def summarise(results: Sequence[Result], teachers: Dict[str, Dict[str, Any]], ou
     rising = all(t_acc[a] < t_acc[b] for a, b in zip(teachers, list(teachers)[1:]))
     lines += [f"Teacher accuracy {'rises strictly' if rising else 'does NOT rise strictly'} with teacher size "
               "(the order of the rows).", ""]
-    lines += [f"| method | ρ (teacher size vs student) | p | ρ (teacher acc vs student) | p | best teacher for the student |",
+    lines += ["| method | ρ (teacher size vs student) | p | ρ (teacher acc vs student) | p | best teacher for the student |",
               "|---|---|---|---|---|---|"]
     stats: Dict[str, Any] = {"teacher_acc_rises_strictly": rising}
     order = list(teachers)

@@ -12,7 +12,7 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
-from ..losses import dkd_loss, kd_loss, standardize_logits
+from ...losses import dkd_loss, kd_loss, standardize_logits
 
 
 def _logits(seed: int, b: int = 64, k: int = 100, scale: float = 3.0) -> torch.Tensor:

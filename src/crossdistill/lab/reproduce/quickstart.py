@@ -8,7 +8,8 @@ from typing import Any, Dict, Optional
 
 from ...config import deep_merge
 from ...data.scenes import NUM_SEG_CLASSES
-from .cross_task_regimes import OTHER_TASK, Regime, SCALES, base_config, fitnet_terms
+from .cross_task_regimes import OTHER_TASK, Regime, base_config, fitnet_terms
+from .cross_task_regimes import SCALES as REGIME_SCALES
 from .grid import Cell, Selection, plot_results, run_grid, train_config, write_tables
 from .parallel import default_workers, planned_runs, train_runs
 
@@ -77,7 +78,7 @@ DEMO_REGIME = dict(task="segmentation", size=128, student="dense_resnet_m")
 def demo_cells(seeds) -> list:
     """No distillation vs a random teacher through the inverted projector, in :data:`DEMO_REGIME`,
     configured exactly as the regime map's cells (``reproduce cross-task-regimes``)."""
-    s = SCALES["full"]
+    s = REGIME_SCALES["full"]
     r = Regime(**DEMO_REGIME)
     head = NUM_SEG_CLASSES if OTHER_TASK[r.task] == "segmentation" else 1
     random_teacher = {"model": s["teacher"], "num_classes": head, "random_init": True, "seed": 7}
@@ -98,7 +99,7 @@ def run_demo(out: Path, quick: bool = False, log=print, workers: Optional[int] =
     if (out / "runs").exists():  # a demo trains from scratch every time: no run of an earlier demo is read back
         shutil.rmtree(out / "runs")
     grid = demo_cells((0,) if quick else (0, 1))
-    select = Selection(factors=(1.0,), validation=SCALES["full"]["validation"])
+    select = Selection(factors=(1.0,), validation=REGIME_SCALES["full"]["validation"])
     workers = workers or default_workers()
     if workers > 1:
         runs = planned_runs(grid, out, select)

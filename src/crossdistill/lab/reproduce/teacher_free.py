@@ -22,7 +22,6 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ...config import deep_merge
 from .grid import Cell, Selection, plot_results, run_grid, write_tables
 
 SCALES: Dict[str, Dict[str, Any]] = {

@@ -11,7 +11,6 @@ script (the test suite runs it), not a measurement: its numbers say nothing abou
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence

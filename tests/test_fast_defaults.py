@@ -67,3 +67,14 @@ def test_the_fast_defaults_train_to_the_same_metrics(tmp_path):
 
 def _acc(summary) -> float:
     return float(summary["last"]["acc"])
+
+
+def test_channels_last_stays_off_where_the_cpu_backward_would_corrupt_memory():
+    """torch 2.13's CPU channels_last backward of a strided conv with 2–7 input channels corrupts the
+    heap (measured: a CIFAR ResNet of width 4 aborts); the measured default must not switch it on there."""
+    from crossdistill.engine.device import channels_last_trips_cpu_bug
+    from crossdistill.models import create_model
+
+    assert channels_last_trips_cpu_bug(create_model("resnet_width", num_classes=10, depth=8, width=4)) == "layer2.0.conv1"
+    assert channels_last_trips_cpu_bug(create_model("resnet_width", num_classes=10, depth=8, width=8)) is None
+    assert channels_last_trips_cpu_bug(create_model("resnet8x4", num_classes=10)) is None

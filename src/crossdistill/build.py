@@ -12,7 +12,7 @@ import importlib
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -30,7 +30,7 @@ from .data.seeded import AugmentedDataset, SampleFieldsDataset, copy_field
 from .data.wrappers import SubsetDataset, validation_split
 from .distiller import Distiller
 from .engine.checkpoint import load_checkpoint, load_into, student_state
-from .engine.device import Precision, pick_channels_last, pick_precision
+from .engine.device import Precision, channels_last_trips_cpu_bug, pick_channels_last, pick_precision
 from .engine.evaluate import eval_loader
 from .engine.resume import check_same_config, check_same_data, check_same_world, data_identity
 from .engine.run import TrainingRun
@@ -292,6 +292,9 @@ def start_run(run: Run, output_dir: Optional[str] = None, resume: bool = False) 
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     rank = dist.get_rank() if world > 1 else 0
     precision = Precision.pick(tc.device, tc.precision, tc.channels_last, training=True)
+    if tc.channels_last is None and precision.channels_last and precision.device.type == "cpu" and \
+            channels_last_trips_cpu_bug(nn.ModuleList([run.distiller.student, run.distiller.terms])):
+        precision = replace(precision, channels_last=False)  # the measured default, unless unsafe here
     device = precision.device
     eval_dtype = pick_precision(tc.eval_precision, device)
     eval_precision = Precision(device, eval_dtype, pick_channels_last(None, device, eval_dtype))

@@ -43,6 +43,20 @@ def pick_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def channels_last_trips_cpu_bug(model: torch.nn.Module) -> Optional[str]:
+    """The first convolution of ``model`` that torch's CPU channels_last backward mishandles, or None.
+
+    Measured on torch 2.13 (CPU, AVX2): the backward of a strided convolution with 2 to 7 input
+    channels in channels_last corrupts the heap or hangs (1×1 stride 2: 2, 4 and 7 channels abort with
+    ``double free or corruption``, 4 and 6 hang with two threads; 1 and ≥ 8 channels are fine), e.g.
+    the shortcut of a CIFAR ResNet of width 4; a 3×3 stride-2 one with 4 channels passed, but every
+    strided convolution in that range is refused, to be safe. The measured default then stays contiguous."""
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and 1 < m.in_channels // m.groups < 8 and max(m.stride) > 1:
+            return name
+    return None
+
+
 def pick_channels_last(setting: Optional[bool], device: torch.device, dtype: Optional[torch.dtype],
                        training: bool = False) -> bool:
     """``None`` = the measured default. Training: the table in ``engine/defaults.py`` (per device kind

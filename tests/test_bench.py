@@ -100,6 +100,12 @@ def test_bench_overhead_measures_every_registered_method_and_recipe(tmp_path, ca
         assert got["methods"]["kd"]["baseline"] == "student step + teacher forward"
         assert got["methods"]["spectral"]["baseline"] == "student step"
         assert "ratio_vs_kd" in got["methods"]["crd"]
+        # MLKD reads two views with the teacher declared on each: measured against both networks on both views
+        assert got["methods"]["mlkd"]["baseline"] == "student step + teacher forward, 2 views"
+        assert got["methods"]["mlkd_ls"]["baseline"] in got["baselines"]
+        # only what cannot run on a CNN pair without a recipe: DeiT's token needs a ViT student, SimCLR and
+        # SimSiam (no recipe of the pair) two views of an unlabelled set
+        assert set(got["skipped"]) == {"deit", "simclr", "simsiam"}, got["skipped"]
     saved = json.loads(out.read_text())
     assert saved["precisions"]["fp32"]["methods"]["kd"]["ratio"] == res["precisions"]["fp32"]["methods"]["kd"]["ratio"]
     assert "| kd |" in out.with_suffix(".md").read_text()
@@ -126,7 +132,8 @@ def test_bench_overhead_gives_crd_its_contrast_indices_in_the_batch_as_the_loade
     o = bench.options("overhead", {"k": 16, "n": 200, "b": 4, "student": "resnet8", "teacher": "resnet14"})
     batch = random_batch(4, 32, o["classes"], seed=0, device=torch.device("cpu"), channels_last=False)
     batch["index"] = torch.arange(4)
-    d = build_row(o, "crd", batch, torch.device("cpu"), False)
+    d, views = build_row(o, "crd", batch, torch.device("cpu"), False)
+    assert views == 1
     full = with_sample_fields(d, batch, 0)
     key = next(k for k in full if k.endswith(".contrast_index"))
     assert full[key].shape == (4, 17) and (full[key][:, 0] == batch["index"]).all()

@@ -72,12 +72,6 @@ def test_cifar100_init_phase_learning_rates(pair, method, lr):
     assert cfg.train.phase_lr == {"init": lr}
 
 
-def test_zoo_reproduction_uses_the_per_method_init_rates():
-    from crossdistill.lab.reproduce.zoo import INIT_PHASE_LR
-
-    assert INIT_PHASE_LR == {"ab": 0.05, "fsp": 0.05, "ft": 0.01}
-
-
 # -- 9.4 crd_nce_loss is exact in float32 at the reference's K -------------------------------------------
 def reference_nce(P, n, eps=1e-7):
     """The reference's NCELoss, literally: log(P/(P + K·Pn + ε)) and log(K·Pn/(P + K·Pn + ε))."""
@@ -124,8 +118,10 @@ def test_zoo_differences_measurements():
     assert len(z.rows()) == 7
 
 
-def test_zoo_reproduction_configs_carry_each_methods_init_rate(tmp_path, monkeypatch):
-    """The cells `reproduce zoo` builds (no training here): init-phase rate per method, `only` filters."""
+def test_zoo_reproduction_runs_each_recipe_at_its_scale(tmp_path, monkeypatch):
+    """The cells `reproduce zoo` builds (no training here): one column per published recipe of the
+    resnet32x4 → resnet8x4 pair, read as shipped (init-phase rates, weights, views, extra teachers),
+    with only the epoch-counted options scaled; `only` filters."""
     from crossdistill.lab.reproduce import zoo
 
     captured = {}
@@ -140,10 +136,38 @@ def test_zoo_reproduction_configs_carry_each_methods_init_rate(tmp_path, monkeyp
     monkeypatch.setattr(zoo, "train_config", lambda *a, **k: {})
     monkeypatch.setattr(zoo, "run_grid", grid)
     with pytest.raises(Stop):
-        zoo.reproduce_zoo(tmp_path, quick=True, log=lambda *a: None)
-    rates = {c.col: c.config.get("train", {}).get("phase_lr") for c in captured["cells"]}
+        zoo.reproduce_zoo(tmp_path, quick=True, log=lambda *a: None, workers=1)
+    cells = {c.col: c.config for c in captured["cells"]}
+    assert {"student", "KD", "KD+LS", "DKD", "DKD+LS", "DIST", "CTKD", "MLKD", "MLKD+LS", "ReviewKD", "SRD", "VkD",
+            "FitNet", "CRD", "CRD+KD"} <= set(cells)
+    assert not any("inverted" in str(c) for c in cells.values())  # Learning to Project's readings are not zoo columns
+    rates = {col: c.get("train", {}).get("phase_lr") for col, c in cells.items()}
     assert rates["AB"] == {"init": 0.05} and rates["FSP"] == {"init": 0.05} and rates["FT"] == {"init": 0.01}
     assert all(rates[m] is None for m in ("student", "KD", "FitNet", "CRD", "CRD+KD"))
+    term = {col: c["distill"]["terms"][0] for col, c in cells.items() if col != "student"}
+    # the recipes' weights as shipped; 20 of 240 warm-up epochs at 2 epochs round up to one (= none)
+    assert cells["KD"]["distill"]["task_weight"] == 0.1 and term["KD"]["weight"] == 0.9
+    assert term["DKD+LS"] == {"method": "dkd", "weight": 1.0, "alpha": 9.0, "beta": 81.0, "T": 4, "warmup": 1,
+                              "standardize": True}
+    assert term["ReviewKD"]["weight"] == 5.0 and term["ReviewKD"]["warmup_epochs"] == 1
+    assert term["AB"]["init_epochs"] == 1 and term["CRD"]["nce_k"] == zoo.SCALES["quick"]["nce_k"]
+    # MLKD: the strong view and the same teacher declared on it
+    teacher = str(tmp_path / "teacher" / "student.pt")
+    assert cells["MLKD"]["data"]["copies"] == 2 and cells["MLKD"]["teachers"]["strong"] == {
+        "checkpoint": teacher, "input_field": "input_1"}
+    assert cells["MLKD"]["train"]["optimizer"]["lr"] == 0.05  # every column trains alike
+    assert cells["MLKD"]["data"]["options"]["subset"] == zoo.SCALES["quick"]["subset"]
     with pytest.raises(Stop):
-        zoo.reproduce_zoo(tmp_path, quick=True, log=lambda *a: None, only=["AB", "CRD"])
+        zoo.reproduce_zoo(tmp_path, quick=True, log=lambda *a: None, only=["AB", "CRD"], workers=1)
     assert [c.col for c in captured["cells"]] == ["student", "AB", "CRD"]
+
+
+def test_zoo_scales_each_epoch_counted_option():
+    from crossdistill.lab.reproduce.zoo import scaled_terms
+
+    s = {"epochs": 24, "nce_k": 100}
+    got = scaled_terms([{"method": "ab", "init_epochs": 30}, {"method": "dkd", "warmup": 20},
+                        {"method": "ctkd", "curriculum_epochs": 10}, {"method": "dkd", "warmup": 0},
+                        {"method": "crd", "nce_k": 16384}], s)
+    assert [got[0]["init_epochs"], got[1]["warmup"], got[2]["curriculum_epochs"], got[3]["warmup"]] == [3, 2, 1, 0]
+    assert got[4]["nce_k"] == 100

@@ -135,8 +135,8 @@ def test_every_zoo_variant_gets_weight_candidates_around_its_reference_beta():
     from crossdistill.methods import build_method
 
     s = zoo.SCALES["quick"]
-    for name in zoo.VARIANTS:
-        cfg = {"distill": {"task_weight": zoo.TASK_WEIGHT.get(name, 1.0), "terms": zoo._terms(name, s)}}
+    for name, recipe in zoo.zoo_recipes().items():
+        cfg = {"distill": zoo.column_config(recipe, s, "teacher.pt")["distill"]}
         cands = weight_candidates(cfg, (0.1, 1.0))
         terms = cfg["distill"]["terms"]
         if not any(build_method(t["method"], **{k: v for k, v in t.items() if k not in ("method", "weight")})

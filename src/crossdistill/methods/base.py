@@ -116,8 +116,9 @@ class Method(nn.Module):
     year: ClassVar[int] = 0
     #: what the loss compares: one of :data:`KINDS`
     kind: ClassVar[str] = ""
-    #: whether ``crossdistill reproduce zoo`` runs it as a column of its grid (a classic distiller
-    #: with classification defaults that need no options)
+    #: a published CIFAR-100 distiller: it ships a recipe for each RepDistiller pair
+    #: (``configs/cifar100/<pair>/<name>.yaml``, tested), and ``crossdistill reproduce zoo`` runs those
+    #: recipes as the columns of its grid
     zoo: ClassVar[bool] = False
     #: the reference weight β of this term (RepDistiller's, see docs/zoo.md) used when the config gives none
     default_weight: ClassVar[float] = 1.0

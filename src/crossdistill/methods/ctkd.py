@@ -49,6 +49,7 @@ class CTKD(StandardizedLogits, Method):
     paper: ClassVar[str] = "Li et al., AAAI 2023 — Curriculum Temperature for Knowledge Distillation"
     year: ClassVar[int] = 2023
     kind: ClassVar[str] = "logits"
+    zoo = True
     default_weight = 0.9  # the reference's CIFAR script: γ = 0.1, α = 0.9
 
     def __init__(self, temperature: Literal["global", "instance"] = "global", t_min: Positive = 1.0,

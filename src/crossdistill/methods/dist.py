@@ -19,6 +19,7 @@ class DIST(Method):
     paper: ClassVar[str] = "Huang et al., NeurIPS 2022 — Knowledge Distillation from A Stronger Teacher"
     year: ClassVar[int] = 2022
     kind: ClassVar[str] = "logits"
+    zoo = True
     default_weight = 1.0  # the reference adds the DIST loss to the full cross-entropy
 
     def __init__(self, beta: NonNegative = 1.0, gamma: NonNegative = 1.0, tau: Positive = 1.0, **sides):

@@ -22,6 +22,7 @@ class DKD(StandardizedLogits, Method):
     paper: ClassVar[str] = "Zhao et al., CVPR 2022 — Decoupled Knowledge Distillation"
     year: ClassVar[int] = 2022
     kind: ClassVar[str] = "logits"
+    zoo = True
     default_weight = 1.0  # mdistiller: CE weight 1, the DKD loss at weight 1 (α, β inside)
 
     def __init__(self, alpha: NonNegative = 1.0, beta: NonNegative = 8.0, T: Positive = 4.0,

@@ -32,6 +32,7 @@ class MLKD(StandardizedLogits, Method):
     paper: ClassVar[str] = "Jin et al., CVPR 2023 — Multi-Level Logit Distillation"
     year: ClassVar[int] = 2023
     kind: ClassVar[str] = "logits"
+    zoo = True
     default_weight = 1.0  # kd_weight and strong_ce_weight carry the reference's weights
     combine_teachers: ClassVar[Literal["mean", "separate"]] = "separate"  # the teacher on the weak, then the strong view
 

@@ -93,6 +93,7 @@ class ReviewKD(Method):
     paper: ClassVar[str] = "Chen et al., CVPR 2021 — Distilling Knowledge via Knowledge Review"
     year: ClassVar[int] = 2021
     kind: ClassVar[str] = "features"
+    zoo = True
     default_weight = 1.0
     default_student = ["@stages", "@pooled"]
     default_teacher = ["@preacts", "@pooled"]

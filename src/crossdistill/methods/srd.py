@@ -10,14 +10,14 @@ From "Understanding the Role of the Projector in Knowledge Distillation", as its
 the batch standardisation without affine, ε = 1e-4 (``losses.srd_loss``), the KL averaged over the
 batch. Options: ``alpha`` (4), ``eps`` (1e-4), ``feature_weight`` (2), ``kd_weight`` (1), ``T`` (1);
 ``projector: inverted`` maps the teacher's feature into the student's width instead (both sides
-are then normalised in the student's space). Shared machinery: ``methods/_normalised_projection.py``.
+are then normalised in the student's space). Shared machinery: ``methods/normalised_projection.py``.
 """
 from __future__ import annotations
 
 from typing import ClassVar
 
 from ..losses import srd_loss
-from ._normalised_projection import NormalisedProjection
+from .normalised_projection import NormalisedProjection
 from .base import NonNegative, Positive, register_method
 
 
@@ -27,6 +27,7 @@ class SRD(NormalisedProjection):
                             "Knowledge Distillation")
     year: ClassVar[int] = 2024
     kind: ClassVar[str] = "features"
+    zoo = True
     default_weight = 1.0
     option_defaults = {"bias": True}  # the reference's nn.Linear keeps its bias
 

@@ -11,14 +11,14 @@ semi-orthogonal when the widths differ), ``LN`` the layer norm without affine (Î
 averaged over every element (``losses.vkd_loss``), the KL averaged over the batch. ``projector: inverted``
 maps the teacher's feature into the student's width and normalises that projection: the compared
 pair is ``(z_s, LN(P z_t))``. The reference reads its KL from a DeiT's distillation token; a CNN
-student has only its logits. Shared machinery: ``methods/_normalised_projection.py``.
+student has only its logits. Shared machinery: ``methods/normalised_projection.py``.
 """
 from __future__ import annotations
 
 from typing import ClassVar
 
 from ..losses import vkd_loss
-from ._normalised_projection import NormalisedProjection
+from .normalised_projection import NormalisedProjection
 from .base import NonNegative, Positive, register_method
 
 
@@ -28,6 +28,7 @@ class VkD(NormalisedProjection):
                             "Orthogonal Projections")
     year: ClassVar[int] = 2024
     kind: ClassVar[str] = "features"
+    zoo = True
     default_weight = 1.0
     option_defaults = {"orthogonal": True}  # no bias: the reference's Linear(bias=False)
 

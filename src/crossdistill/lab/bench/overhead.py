@@ -13,7 +13,9 @@ The teacher is randomly initialised (its weights do not change the cost).
 Each row is divided by the **unavoidable** compute timed in the same rounds at the same precision:
 the student's supervised step (forward, cross-entropy, backward, SGD) plus one teacher forward under
 ``no_grad`` — or the student's step alone when no active term reads a teacher (``spectral``, AB in
-its main phase). Rows that read a teacher are also divided by the KD step (the goal for CRD). Every
+its main phase). A recipe with several augmented views (MLKD's weak and strong, ``data.copies: 2``)
+is divided by that compute on every view: one step of both networks on a batch of ``views × b``
+(its teacher declared once per view, as the recipe declares it). Rows that read a teacher are also divided by the KD step (the goal for CRD). Every
 variant is timed once per round, in an order that rotates round by round; ratios are medians of
 same-round ratios, with their quartiles as the spread. Methods with extra phases (AB/FT/FSP init) get
 a second row ``<method>:<phase>`` for that phase's step. Peak memory: one step of each variant in a
@@ -79,7 +81,10 @@ def row_config(o: Dict[str, Any], row: str):
     raw = read_yaml(recipe if recipe.is_file() else folder / "_base.yaml")
     if not recipe.is_file():
         raw.setdefault("distill", {})["terms"] = [{"method": row}]
-    raw["teachers"] = {"default": {"model": o["teacher"], "num_classes": o["classes"], "random_init": True}}
+    random_teacher = {"model": o["teacher"], "num_classes": o["classes"], "random_init": True}
+    # every teacher the recipe declares (MLKD: the same one on the strong view) random, on its own input field
+    raw["teachers"] = {name: {**random_teacher, **{k: v for k, v in spec.items() if k == "input_field"}}
+                       for name, spec in {"default": {}, **raw.get("teachers", {})}.items()}
     raw["student"] = {"name": o["student"]}
     raw["seed"] = o["seed"]
     for term in raw.get("distill", {}).get("terms", []):
@@ -99,7 +104,7 @@ def _info(o: Dict[str, Any]):
 
 def build_row(o: Dict[str, Any], row: str, batch, device: torch.device, channels_last: bool):
     """The row's Distiller as ``crossdistill train`` builds it, on ``device``, for a data set of
-    ``n`` samples with balanced random labels."""
+    ``n`` samples with balanced random labels, and its number of augmented views."""
     cfg = row_config(o, row)
     info = _info(o)
     g = torch.Generator().manual_seed(o["seed"])
@@ -109,7 +114,27 @@ def build_row(o: Dict[str, Any], row: str, batch, device: torch.device, channels
     distiller = distiller.to(device)
     if channels_last:  # as the trainer does
         distiller.student.to(memory_format=torch.channels_last)
-    return distiller
+    return distiller, cfg.data.copies
+
+
+def with_views(batch: Dict[str, Any], views: int, seed: int) -> Dict[str, Any]:
+    """``batch`` with the extra views ``input_1`` … ``input_{views-1}`` (other random images, the same layout)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    x = batch["input"]
+    extra = {f"input_{v}": torch.randn(x.shape, generator=g).to(x.device).contiguous(memory_format=_layout(x))
+             for v in range(1, views)}
+    return {**batch, **extra}
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def all_views(batch: Dict[str, Any], views: int) -> Dict[str, Any]:
+    """One batch of every view's images and labels (the networks' compute on ``views`` views)."""
+    keys = ["input"] + [f"input_{v}" for v in range(1, views)]
+    x = torch.cat([batch[k] for k in keys]).contiguous(memory_format=_layout(batch["input"]))
+    return {"input": x, "label": batch["label"].repeat(views)}
 
 
 def with_sample_fields(distiller, batch: Dict[str, Any], seed: int) -> Dict[str, Any]:
@@ -153,18 +178,26 @@ def variants(o: Dict[str, Any], mode: str, device: torch.device):
     skipped: Dict[str, str] = {}
     for row in rows(o):
         try:
-            distiller = build_row(o, row, batch, device, channels_last)
+            distiller, views = build_row(o, row, batch, device, channels_last)
         except CrossDistillError as e:
             skipped[row] = str(e)
             continue
+        row_batch = with_views(batch, views, o["seed"])
         phases = ["main"] + ([p for p, _ in distiller.phases()] if o["phases"] else [])
         for phase in phases:
             name = row if phase == "main" else f"{row}:{phase}"
             if phase != "main":  # each phase its own Distiller, as the trainer's phases each have their optimiser
-                distiller = build_row(o, row, batch, device, channels_last)
-            steps[name] = distiller_step(distiller, with_sample_fields(distiller, batch, o["seed"]), dtype, device, phase)
+                distiller, _ = build_row(o, row, batch, device, channels_last)
+            steps[name] = distiller_step(distiller, with_sample_fields(distiller, row_batch, o["seed"]), dtype, device, phase)
             reads = _reads_teacher(distiller, phase)
             baseline[name] = STUDENT_TEACHER if reads else STUDENT
+            if views > 1:  # the networks' own compute on every view
+                baseline[name] += f", {views} views"
+                if baseline[name] not in steps:
+                    both = all_views(row_batch, views)
+                    steps[baseline[name]] = (teacher_student_step if reads else supervised_step)(
+                        *([net(o["student"], channels_last)] + ([net(o["teacher"], False)] if reads else [])),
+                        both, dtype, device)
             if reads:
                 teacher_rows.append(name)
     return steps, baseline, teacher_rows, skipped
@@ -202,7 +235,7 @@ def _measure(o: Dict[str, Any], mode: str, device: torch.device, print_fn) -> Di
     memory = _memory(o, mode, device) if o["memory"] else {}
     kd = "kd" if "kd" in times else None
     out: Dict[str, Any] = {"baselines": {}, "methods": {}, "skipped": skipped, "threads": torch.get_num_threads()}
-    for name in (STUDENT, STUDENT_TEACHER):
+    for name in dict.fromkeys([STUDENT, STUDENT_TEACHER, *baseline.values()]):
         out["baselines"][name] = {**summarise(times[name]), "peak_mib": memory.get(name, {}).get("peak_mib")}
     for name, base in baseline.items():
         row = {**summarise(times[name]), "baseline": base, "ratio": ratios(times[name], times[base]),
@@ -225,13 +258,19 @@ def _print(mode: str, res: Dict[str, Any], print_fn) -> None:
     for name, r in sorted(res["methods"].items()):
         q = r["ratio"]
         vs_kd = f"{r['ratio_vs_kd']['median']:.2f}x" if "ratio_vs_kd" in r else ""
-        rows_.append((name, f"{r['ms_median']:.1f}", "s+t" if r["baseline"] == STUDENT_TEACHER else "s",
+        rows_.append((name, f"{r['ms_median']:.1f}", _short(r["baseline"]),
                       f"{q['median']:.2f}x", f"{q['q1']:.2f}–{q['q3']:.2f}", vs_kd, mib(r["peak_mib"])))
     print_fn(f"-- {mode}: ratio = step / unavoidable compute in the same round "
-             f"(s+t: {STUDENT_TEACHER}; s: {STUDENT})")
+             f"(s+t: {STUDENT_TEACHER}; s: {STUDENT}; ×N: on N views)")
     table(rows_, print_fn)
     for row, why in res["skipped"].items():
         print_fn(f"{row}: skipped ({why})")
+
+
+def _short(baseline: str) -> str:
+    """``student step + teacher forward, 2 views`` → ``s+t×2``."""
+    head, _, views = baseline.partition(", ")
+    return ("s+t" if head == STUDENT_TEACHER else "s") + (f"×{views.split()[0]}" if views else "")
 
 
 def markdown(result: Dict[str, Any]) -> str:
@@ -248,7 +287,7 @@ def markdown(result: Dict[str, Any]) -> str:
             q = r["ratio"]
             peak = "" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
             vs_kd = f"{r['ratio_vs_kd']['median']:.2f}×" if "ratio_vs_kd" in r else ""
-            base = "" if r["baseline"] == STUDENT_TEACHER else " (vs student step)"
+            base = "" if r["baseline"] == STUDENT_TEACHER else f" (vs {r['baseline']})"
             lines.append(f"| {name}{base} | {r['ms_median']:.1f} | {q['median']:.2f}× ({q['q1']:.2f}–{q['q3']:.2f}) "
                          f"| {vs_kd} | {peak} |")
         lines.append("")

@@ -20,7 +20,7 @@ import torch
 from ...models import create_model
 from ._steps import PRECISIONS, distiller_step, random_batch, supervised_step
 from .common import machine, pick_device, sync, table, write_json
-from .overhead import build_row, with_sample_fields
+from .overhead import build_row, with_sample_fields, with_views
 
 DEFAULTS: Dict[str, Any] = {
     "sizes": "32,224", "methods": "student,kd,crd,dpk,simreg", "b32": 128, "b224": 64, "steps": 20,
@@ -56,7 +56,8 @@ def _step(o: Dict[str, Any], size: int, method: str, device: torch.device) -> Ca
         return supervised_step(net, batch, dtype, device)
     opts = {"student": student, "teacher": teacher, "b": b, "size": size, "classes": classes, "n": o["n"],
             "k": o["k"], "seed": o["seed"], "recipes": recipes, "methods": method}
-    distiller = build_row(opts, method, batch, device, channels_last)
+    distiller, views = build_row(opts, method, batch, device, channels_last)
+    batch = with_views(batch, views, o["seed"])
     return distiller_step(distiller, with_sample_fields(distiller, batch, o["seed"]), dtype, device)
 
 

@@ -88,3 +88,15 @@ def train_runs(runs: Sequence[Run], workers: int, log: Callable[[str], None] = p
                 log(line)
     if bar is not None:
         bar.close()
+
+
+def train_side_by_side(cells: Sequence[Cell], out: Path, log: Callable[[str], None] = print,
+                       select: Optional[Selection] = None, workers: Optional[int] = None, what: str = "grid") -> None:
+    """Train every run that ``run_grid(cells, out, select=select)`` would train, ``workers`` at a time in
+    single-thread processes (default one per core), so that ``run_grid`` afterwards only reads them back,
+    scores and tabulates; with one worker it does nothing (``run_grid`` trains them itself)."""
+    workers = workers or default_workers()
+    if workers > 1:
+        runs = planned_runs(cells, out, select)
+        log(f"{what}: {len(runs)} runs, {workers} at a time (one thread each), into {out}/runs/")
+        train_runs(runs, workers, log)

@@ -11,7 +11,7 @@ from ...data.scenes import NUM_SEG_CLASSES
 from .cross_task_regimes import OTHER_TASK, Regime, base_config, fitnet_terms
 from .cross_task_regimes import SCALES as REGIME_SCALES
 from .grid import Cell, Selection, plot_results, run_grid, train_config, write_tables
-from .parallel import default_workers, planned_runs, train_runs
+from .parallel import train_side_by_side
 
 SCALES: Dict[str, Dict[str, Any]] = {
     "quick": dict(train_size=2000, test_size=500, epochs=4, teacher_epochs=6, seeds=(0, 1, 2)),
@@ -100,12 +100,8 @@ def run_demo(out: Path, quick: bool = False, log=print, workers: Optional[int] =
         shutil.rmtree(out / "runs")
     grid = demo_cells((0,) if quick else (0, 1))
     select = Selection(factors=(1.0,), validation=REGIME_SCALES["full"]["validation"])
-    workers = workers or default_workers()
-    if workers > 1:
-        runs = planned_runs(grid, out, select)
-        log(f"demo: {len(runs)} runs of {grid[0].config['train']['epochs']} epochs, {workers} at a time "
-            f"(one thread each), into {out}/runs/")
-        train_runs(runs, workers, log)
+    train_side_by_side(grid, out, log, select, workers,
+                       what=f"demo: {grid[0].config['train']['epochs']}-epoch runs")
     results = run_grid(grid, out, log, select)  # reads the finished runs back, scores them on the test split
     title = "Demo: a segmentation student from a random teacher, inverted projector (small scale)"
     md = write_tables(results, out, title) + "\n" + DEMO_NOTE

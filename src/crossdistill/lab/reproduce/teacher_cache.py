@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ...config import deep_merge
-from .grid import Cell, plot_results, run_grid, train_config, write_tables
-from .zoo import base_config
+from .grid import Cell, plot_results, run_grid, write_tables
+from .zoo import base_config, train_teacher
 
 SCALES: Dict[str, Dict[str, Any]] = {
     "quick": dict(subset=1000, epochs=3, teacher_epochs=3, views=8, seeds=(0, 1, 2)),
@@ -30,7 +30,7 @@ def reproduce_teacher_cache(out: Path, quick: bool = False, seeds=None, log=prin
     seeds = tuple(seeds or s["seeds"])
     teacher_dir = out / "teacher"
     log(f"teacher: {TEACHER} on Fashion-MNIST ({s['subset']} images, {s['teacher_epochs']} epochs)")
-    train_config(deep_merge(base_config(s, TEACHER, s["teacher_epochs"]), {"seed": 1000}), teacher_dir, log)
+    train_teacher(s, TEACHER, teacher_dir, log)
     base = base_config(s, STUDENT, s["epochs"])
     kd = deep_merge(base, {"teachers": {"default": {"checkpoint": str(teacher_dir / "student.pt")}}, "distill": KD})
     cache = {"views": s["views"], "dtype": "float16", "dir": str(out / "teacher_cache")}

@@ -57,23 +57,31 @@ def supervised_step(model: nn.Module, batch: Dict[str, Tensor], dtype: Optional[
     return step
 
 
-def distiller_step(distiller: nn.Module, batch: Dict[str, Any], dtype: Optional[torch.dtype],
-                   device: torch.device, phase: str = "main") -> Callable[[], None]:
-    """One training step through a :class:`~crossdistill.distiller.Distiller`, as the trainer takes
-    it: the phase's optimiser over ``trainable_parameters(phase)``, the networks' autocast around
-    the Distiller, backward and the optimiser step (loss parts stay tensors: no host sync)."""
+def distiller_update(distiller: nn.Module, dtype: Optional[torch.dtype], device: torch.device,
+                     phase: str = "main") -> Callable[[Dict[str, Any]], None]:
+    """One training step through a :class:`~crossdistill.distiller.Distiller` on the batch it is
+    given, as the trainer takes it: the phase's optimiser over ``trainable_parameters(phase)``, the
+    networks' autocast around the Distiller, backward and the optimiser step (loss parts stay
+    tensors: no host sync)."""
     distiller.train()
     distiller.phase = phase
     opt = sgd(distiller.trainable_parameters(phase))
 
-    def step() -> None:
+    def update(batch: Dict[str, Any]) -> None:
         opt.zero_grad(set_to_none=True)
         with autocast(device, dtype):
             loss, _ = distiller(batch)
         loss.backward()
         opt.step()
 
-    return step
+    return update
+
+
+def distiller_step(distiller: nn.Module, batch: Dict[str, Any], dtype: Optional[torch.dtype],
+                   device: torch.device, phase: str = "main") -> Callable[[], None]:
+    """:func:`distiller_update` on one fixed ``batch``."""
+    update = distiller_update(distiller, dtype, device, phase)
+    return lambda: update(batch)
 
 
 def teacher_student_step(student: nn.Module, teacher: nn.Module, batch: Dict[str, Tensor],

@@ -29,7 +29,7 @@ from ...engine.device import to_device
 from ...engine.sampler import set_data_epoch
 from ...teacher_cache import attach
 from .common import interleave, machine, pick_device, ratios, summarise, table, write_json
-from ._steps import PRECISIONS, autocast, sgd
+from ._steps import PRECISIONS, distiller_update
 
 DEFAULTS: Dict[str, Any] = {
     "student": "resnet8x4", "teacher": "resnet32x4", "method": "kd", "n": 1024, "b": 64, "size": 32,
@@ -62,10 +62,10 @@ def _config(o: Dict[str, Any], variant: str, folder: Path):
 def _epoch(run, o: Dict[str, Any], device: torch.device) -> Callable[[], None]:
     """One epoch as the trainer runs it: the loader (augmentation, cache reads), the step."""
     dtype, channels_last = PRECISIONS["bf16 + channels_last" if o["precision"] == "bf16" else "fp32"]
-    distiller = run.distiller.to(device).train()
+    distiller = run.distiller.to(device)
     if channels_last:
         distiller.student.to(memory_format=torch.channels_last)
-    opt = sgd(distiller.trainable_parameters())
+    update = distiller_update(distiller, dtype, device)
     loader = DataLoader(run.train_set, batch_size=o["b"], shuffle=True, num_workers=o["workers"],
                         generator=torch.Generator().manual_seed(o["seed"]))
     epoch = [0]
@@ -74,12 +74,7 @@ def _epoch(run, o: Dict[str, Any], device: torch.device) -> Callable[[], None]:
         set_data_epoch(run.train_set, epoch[0])
         epoch[0] += 1
         for batch in loader:
-            batch = to_device(batch, device, channels_last)  # as the trainer moves a batch
-            opt.zero_grad(set_to_none=True)
-            with autocast(device, dtype):
-                loss, _ = distiller(batch)
-            loss.backward()
-            opt.step()
+            update(to_device(batch, device, channels_last))  # moved as the trainer moves a batch
 
     return run_epoch
 

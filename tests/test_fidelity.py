@@ -171,3 +171,20 @@ def test_zoo_scales_each_epoch_counted_option():
                         {"method": "crd", "nce_k": 16384}], s)
     assert [got[0]["init_epochs"], got[1]["warmup"], got[2]["curriculum_epochs"], got[3]["warmup"]] == [3, 2, 1, 0]
     assert got[4]["nce_k"] == 100
+
+
+def test_zoo_states_each_published_number_next_to_ours():
+    from crossdistill.lab.reproduce.grid import Result
+    from crossdistill.lab.reproduce.zoo import PUBLISHED, published_comparison, zoo_recipes
+
+    # every column has its published resnet32x4 → resnet8x4 number, except the two with none (docs/zoo.md)
+    assert set(zoo_recipes()) - set(PUBLISHED) == {"SRD", "VkD"}
+    results = [Result("r", "student", "acc", [0.70, 0.72]), Result("r", "KD", "acc", [0.73, 0.75]),
+               Result("r", "RKD", "acc", [0.69, 0.69]), Result("r", "SRD", "acc", [0.80, 0.80])]
+    md = published_comparison(results, 88.0)
+    assert "| KD | 74.00 ± 1.41 | +3.00 | 73.33 | +0.83 |" in md
+    assert "| RKD | 69.00 ± 0.00 | -2.00 | 71.90 | -0.60 |" in md
+    assert "| SRD | 80.00 ± 0.00 | +9.00 | — |  |" in md
+    # KD above the student in both, RKD below in both: the orders agree (ρ = +1 over the two)
+    assert "Over the 2 methods with a published number: 1 above the student alone here, 1 in the papers" in md
+    assert "ρ between our order and the published one +1.00" in md

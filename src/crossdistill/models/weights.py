@@ -121,26 +121,40 @@ def flatten(obj: Any, prefix: str = "") -> Iterable[Tuple[str, torch.Tensor]]:
 
 # ------------------------------------------------------------------------------------------- renaming
 
+#: torchvision's ViT names ↔ the zoo's (timm's), as (torchvision, ours) templates: ``{i}`` is a block
+#: index; a name ending in "." is a prefix, any other a whole key. Read left to right to load a
+#: torchvision file, right to left to write one (:func:`to_torchvision`).
 _TORCHVISION_VIT: List[Tuple[str, str]] = [
-    (r"^conv_proj\.", "patch_embed.proj."),
-    (r"^class_token$", "cls_token"),
-    (r"^encoder\.pos_embedding$", "pos_embed"),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_1\.", r"blocks.\1.norm1."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_weight$", r"blocks.\1.attn.qkv.weight"),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_bias$", r"blocks.\1.attn.qkv.bias"),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.out_proj\.", r"blocks.\1.attn.proj."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_2\.", r"blocks.\1.norm2."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(?:0|linear_1)\.", r"blocks.\1.mlp.fc1."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(?:3|linear_2)\.", r"blocks.\1.mlp.fc2."),
-    (r"^encoder\.ln\.", "norm."),
-    (r"^heads\.head\.", "head."),
+    ("conv_proj.", "patch_embed.proj."),
+    ("class_token", "cls_token"),
+    ("encoder.pos_embedding", "pos_embed"),
+    ("encoder.layers.encoder_layer_{i}.ln_1.", "blocks.{i}.norm1."),
+    ("encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight", "blocks.{i}.attn.qkv.weight"),
+    ("encoder.layers.encoder_layer_{i}.self_attention.in_proj_bias", "blocks.{i}.attn.qkv.bias"),
+    ("encoder.layers.encoder_layer_{i}.self_attention.out_proj.", "blocks.{i}.attn.proj."),
+    ("encoder.layers.encoder_layer_{i}.ln_2.", "blocks.{i}.norm2."),
+    ("encoder.layers.encoder_layer_{i}.mlp.0.", "blocks.{i}.mlp.fc1."),
+    ("encoder.layers.encoder_layer_{i}.mlp.3.", "blocks.{i}.mlp.fc2."),
+    ("encoder.ln.", "norm."),
+    ("heads.head.", "head."),
 ]
-_OTHER_RENAMES: List[Tuple[str, str]] = [
-    (r"^classifier\.1\.", "fc."),   # torchvision's MobileNetV2 head
-    (r"^stem\.0\.", "conv1."),       # crossdistill's ResNets before the torchvision names
-    (r"^stem\.1\.", "bn1."),
+#: names that are read but never written: the MLP's layers in torchvision's newer files
+_TORCHVISION_VIT_READ_ONLY: List[Tuple[str, str]] = [
+    ("encoder.layers.encoder_layer_{i}.mlp.linear_1.", "blocks.{i}.mlp.fc1."),
+    ("encoder.layers.encoder_layer_{i}.mlp.linear_2.", "blocks.{i}.mlp.fc2."),
 ]
-_RENAMES = [(re.compile(a), b) for a, b in _TORCHVISION_VIT + _OTHER_RENAMES]
+_TORCHVISION_MOBILENET: Tuple[str, str] = ("classifier.1.", "fc.")  # MobileNetV2's head
+_OLD_CROSSDISTILL: List[Tuple[str, str]] = [("stem.0.", "conv1."), ("stem.1.", "bn1.")]  # our ResNets before the torchvision names
+
+
+def _rule(source: str, target: str) -> Tuple[re.Pattern, str]:
+    """A (source, target) template pair as a (pattern, replacement) rule."""
+    pattern = "^" + re.escape(source).replace(re.escape("{i}"), r"(\d+)") + ("" if source.endswith(".") else "$")
+    return re.compile(pattern), target.replace("{i}", r"\1")
+
+
+_RENAMES = [_rule(a, b) for a, b in _TORCHVISION_VIT + _TORCHVISION_VIT_READ_ONLY + [_TORCHVISION_MOBILENET]
+            + _OLD_CROSSDISTILL]
 
 
 def rename(key: str, own: Optional[set] = None) -> str:
@@ -223,24 +237,18 @@ def from_hf_vit(state: State) -> State:
 
 def to_torchvision(state: State) -> State:
     """The zoo's names → torchvision's (ViT-B/16's ``conv_proj``…, MobileNetV2's ``classifier.1``; the
-    ResNets' are the same): what torchvision's ``load_state_dict`` reads."""
-    inverse = [
-        (r"^patch_embed\.proj\.", "conv_proj."), (r"^cls_token$", "class_token"), (r"^pos_embed$", "encoder.pos_embedding"),
-        (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.encoder_layer_\1.ln_1."),
-        (r"^blocks\.(\d+)\.attn\.qkv\.weight$", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_weight"),
-        (r"^blocks\.(\d+)\.attn\.qkv\.bias$", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_bias"),
-        (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.encoder_layer_\1.self_attention.out_proj."),
-        (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.encoder_layer_\1.ln_2."),
-        (r"^blocks\.(\d+)\.mlp\.fc1\.", r"encoder.layers.encoder_layer_\1.mlp.0."),
-        (r"^blocks\.(\d+)\.mlp\.fc2\.", r"encoder.layers.encoder_layer_\1.mlp.3."),
-        (r"^norm\.", "encoder.ln."), (r"^head\.", "heads.head."),
-    ]
-    vit = "patch_embed.proj.weight" in state
-    rules = inverse if vit else ([(r"^fc\.", "classifier.1.")] if any(k.startswith("features.") for k in state) else [])
+    ResNets' are the same): what torchvision's ``load_state_dict`` reads. The renaming tables read
+    backwards."""
+    if "patch_embed.proj.weight" in state:
+        rules = [_rule(ours, tv) for tv, ours in _TORCHVISION_VIT]
+    elif any(k.startswith("features.") for k in state):
+        rules = [_rule(_TORCHVISION_MOBILENET[1], _TORCHVISION_MOBILENET[0])]
+    else:
+        rules = []
     out = {}
     for key, value in state.items():
-        for a, b in rules:
-            new, n = re.subn(a, b, key)
+        for pattern, repl in rules:
+            new, n = pattern.subn(repl, key)
             if n:
                 key = new
                 break

@@ -352,3 +352,23 @@ def test_reproduce_teacher_cache_at_toy_scale(tmp_path, monkeypatch):
     assert "over 2 seeds" in md and "MiB per 10 000 images" in md
     manifest = json.loads((tmp_path / "out" / "teacher_cache" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["views"] == 2 and manifest["data"]["size"] == 32
+
+
+def test_runs_sharing_a_cache_folder_fill_it_one_at_a_time(tmp_path):
+    """Two runs on one teacher_cache.dir (seeds started side by side): a run waits while another holds
+    the folder, then fills it; the next run finds it filled and fills nothing."""
+    import threading
+
+    from crossdistill.engine.run_folder import FolderLock
+
+    shared = tmp_path / "shared_cache"
+    held = FolderLock(shared, "teacher_cache.dir").acquire()  # another run, filling it (a new open(): its own lock)
+    got = {}
+    waiting = threading.Thread(target=lambda: got.update(_attach(_cfg(tmp_path / "a", **{"teacher_cache.dir": str(shared)}))[1]))
+    waiting.start()
+    waiting.join(timeout=2.0)
+    assert waiting.is_alive() and not (shared / "manifest.json").exists()  # it waits, and has written nothing
+    held.release()
+    waiting.join(timeout=60)
+    assert not waiting.is_alive() and got["filled_samples"] == 48
+    assert _attach(_cfg(tmp_path / "b", **{"teacher_cache.dir": str(shared)}))[1]["filled_samples"] == 0

@@ -46,6 +46,7 @@ from torch.utils.data import Dataset
 
 from .data.seeded import AugmentedDataset
 from .engine.checkpoint import atomic_write_text
+from .engine.run_folder import LOCK, FolderLock
 from .errors import ConfigError, DataError
 from .sides import teacher_key
 from .taps import OUTPUT
@@ -337,6 +338,10 @@ def cached_training_set(run, device: torch.device, amp_dtype: Optional[torch.dty
     precision += " channels_last" if channels_last else ""
     was_training = run.distiller.training
     run.distiller.eval()
+    # one run at a time opens and fills a folder: runs that share teacher_cache.dir (seeds started side
+    # by side) wait for each other, and the later ones find it filled; the ranks of one DDP run share
+    # the fill through barriers instead
+    lock = FolderLock(folder, "teacher_cache.dir").acquire(wait=True) if world == 1 else None
     try:
         manifest = manifest_for(run, _probe_shapes(run, device, amp_dtype, channels_last), precision)
         store = _open(folder, manifest, tc.rebuild, rank, world)
@@ -352,6 +357,8 @@ def cached_training_set(run, device: torch.device, amp_dtype: Optional[torch.dty
             _write_manifest(folder, {**manifest, "complete": True})
         _barrier(world)
     finally:
+        if lock is not None:
+            lock.release()
         run.distiller.train(was_training)
     store = _Store(folder, manifest)
     cached = CachedTeacherDataset(run.train_set, store)
@@ -382,7 +389,7 @@ def _open(folder: Path, manifest: Dict[str, Any], rebuild: bool, rank: int, worl
     if changed and not rebuild:
         raise ConfigError(f"teacher cache '{folder}' was built for another setup: {WHAT[changed]} changed; "
                           f"delete the folder, set teacher_cache.dir to another folder, or teacher_cache.rebuild=true")
-    if folder.exists() and not old and any(folder.iterdir()):
+    if folder.exists() and not old and any(p.name != LOCK for p in folder.iterdir()):
         raise ConfigError(f"'{folder}' is not empty and holds no teacher cache manifest; choose another "
                           "teacher_cache.dir (nothing was overwritten)")
     fresh = not old or changed is not None
@@ -390,7 +397,9 @@ def _open(folder: Path, manifest: Dict[str, Any], rebuild: bool, rank: int, worl
     if rank == 0 and fresh:
         if changed:
             print(f"note: rebuilding the teacher cache in '{folder}': {WHAT[changed]} changed", file=sys.stderr)
-            shutil.rmtree(folder)
+            for p in folder.iterdir():  # all but the lock file, which a waiting run may hold open
+                if p.name != LOCK:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
         folder.mkdir(parents=True, exist_ok=True)
         store = _Store(folder, manifest)
         store.create()

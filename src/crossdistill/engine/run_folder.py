@@ -34,11 +34,13 @@ class FolderLock:
     The lock file is created once and never written or removed (removing it would race with a
     process about to lock it), so taking the lock changes no file of a finished run."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, setting: str = "output_dir"):
         self.folder = folder
+        self.setting = setting  # the config key that names the folder, for the messages
         self._fd: Optional[int] = None
 
-    def acquire(self) -> "FolderLock":
+    def acquire(self, wait: bool = False) -> "FolderLock":
+        """Take the lock; ``wait``: block until the holder releases it, instead of refusing."""
         if fcntl is None or self._fd is not None:
             return self
         path = self.folder / LOCK
@@ -46,10 +48,10 @@ class FolderLock:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
-            raise ConfigError(f"output_dir '{self.folder}' is not writable ({e.strerror or e}); "
-                              "choose another output_dir=...") from None
+            raise ConfigError(f"{self.setting} '{self.folder}' is not writable ({e.strerror or e}); "
+                              f"choose another {self.setting}=...") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError:
             owner = _lock_owner(fd)
             os.close(fd)

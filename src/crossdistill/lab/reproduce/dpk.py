@@ -36,6 +36,7 @@ from ...data import create_dataset
 from ...errors import DataError
 from ...models import create_model
 from .grid import Cell, Result, slug, run_grid, train_config
+from .parallel import default_workers, train_runs, train_side_by_side
 
 STUDENT = "resnet8"
 #: the first attempt's teachers (depth grows; they got worse as they grew: kept for the old table)
@@ -104,12 +105,18 @@ def base_config(s: Dict[str, Any], model: str, epochs: int) -> Dict[str, Any]:
     }
 
 
-def train_teachers(out: Path, s: Dict[str, Any], log=print) -> Dict[str, Dict[str, Any]]:
-    """Each teacher once (seed 1000), in ``out/teachers/<name>``; returns name → its summary."""
+def train_teachers(out: Path, s: Dict[str, Any], log=print, workers: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
+    """Each teacher once (seed 1000), in ``out/teachers/<name>``, ``workers`` at a time in one-thread
+    processes (the widest first: it is the longest); returns name → its summary."""
+    configs = {name: deep_merge(base_config(s, name, s["teacher_epochs"]), {"seed": 1000, "train": s.get("teacher_train", {})})
+               for name in s["teachers"]}
+    workers = workers or default_workers()
+    if workers > 1:
+        log(f"teachers: {len(configs)}, {workers} at a time (one thread each)")
+        train_runs([(configs[n], out / "teachers" / n) for n in reversed(s["teachers"])], workers, log)
     summaries = {}
-    for name in s["teachers"]:
+    for name, cfg in configs.items():  # trains here with one worker; reads the finished runs back otherwise
         log(f"teacher {name}")
-        cfg = deep_merge(base_config(s, name, s["teacher_epochs"]), {"seed": 1000, "train": s.get("teacher_train", {})})
         summaries[name] = train_config(cfg, out / "teachers" / name, log)
     return summaries
 
@@ -325,7 +332,10 @@ def reproduce_dpk_teacher_size(out: Path, quick: bool = False, seeds=None, log=p
     check_data()
     seeds = tuple(seeds or s["seeds"])
     teachers = train_teachers(out, s, log)
-    results = run_grid(cells(out, s, seeds), out, log)
+    grid = cells(out, s, seeds)
+    # side by side: the seeds of a KD cell share its teacher's cache, which the first fills while the others wait
+    train_side_by_side(grid, out, log, what="students")
+    results = run_grid(grid, out, log)
     scale = "quick" if quick else "full"
     images = (f"teachers on {s['subset']} training images, students on {s['student_subset']}"
               if "student_subset" in s else f"{s['subset']} training images")

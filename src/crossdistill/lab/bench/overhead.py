@@ -15,8 +15,8 @@ the student's supervised step (forward, cross-entropy, backward, SGD) plus one t
 ``no_grad`` — or the student's step alone when no active term reads a teacher (``spectral``, AB in
 its main phase). A recipe with several augmented views (MLKD's weak and strong, ``data.copies: 2``)
 is divided by that compute on every view: one step of both networks on a batch of ``views × b``
-(its teacher declared once per view, as the recipe declares it). Rows that read a teacher are also divided by the KD step (the goal for CRD). Every
-variant is timed once per round, in an order that rotates round by round; ratios are medians of
+(its teacher declared once per view, as the recipe declares it). Rows that read a teacher are also
+divided by the KD step (the goal for CRD). Every variant is timed once per round, in an order that rotates round by round; ratios are medians of
 same-round ratios, with their quartiles as the spread. Methods with extra phases (AB/FT/FSP init) get
 a second row ``<method>:<phase>`` for that phase's step. Peak memory: one step of each variant in a
 fresh process (``memory=false`` skips it).

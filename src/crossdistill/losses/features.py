@@ -45,29 +45,41 @@ def _f32_diff(a: Tensor, b: Tensor) -> Tensor:
 class _MMDPoly2(torch.autograd.Function):
     """NST's MMD² with the kernel ``(xᵀy)²`` on L2-normalised rows, forward and backward by hand.
 
-    ``x_s``: ``[B, Cs, N]``, ``x_t``: ``[B, Ct, N]`` (rows normalised here, in float32 at least).
-    With ``A``, ``B`` the unit rows of one sample, ``Σ_ij (a_i·b_j)² = ||A Bᵀ||²_F = <AᵀA, BᵀB>_F``,
-    so the loss is computed from the ``[C, C]`` Gram matrices or, when ``N`` is the smaller side, from
-    the ``[N, N]`` second moments ``AᵀA/Cs − BᵀB/Ct`` (whichever needs fewer multiply-adds). The
-    backward is two (one) batched products per side plus three passes for the normalisation, where
-    autograd would differentiate each product's operands apart and go through the division step by step.
+    ``x_s``: ``[B, Cs, N]``, ``x_t``: ``[B, Ct, N]`` (computed in float32 at least). With ``A``, ``B``
+    the unit rows of one sample, ``Σ_ij (a_i·b_j)² = ||A Bᵀ||²_F = <AᵀA, BᵀB>_F``, so the loss is
+    computed from the ``[C, C]`` Gram matrices or, when ``N`` is the smaller side, from the ``[N, N]``
+    second moments ``AᵀA/Cs − BᵀB/Ct`` (whichever needs fewer multiply-adds).
+
+    Gram form: the rows are never normalised. The raw Grams ``R = X Yᵀ`` hold the squared norms on
+    the diagonals of ``R_ss`` and ``R_tt``, and ``G = D R D`` with ``D = diag(1/‖x_i‖)``. The backward
+    folds the normalisation into ``[C, C]`` matrices too: with ``∂L/∂s = α G_ss s + β G_st t``
+    (α = 4/(B Cs²), β = −4/(B Cs Ct)) and ``⟨s_i, ∂L/∂s_i⟩ = c_i = α Σ_j G_ss,ij² + β Σ_j G_st,ij²``,
+    the chain rule through ``s_i = x_i/‖x_i‖`` gives ``∂L/∂x_s = D_s (α G_ss − diag c) D_s x_s +
+    β D_s G_st D_t x_t`` — two batched products per side and no pass over the maps besides them
+    (autograd would differentiate each product's operands apart and go through the division step by step).
     """
 
     @staticmethod
     def forward(ctx, x_s: Tensor, x_t: Tensor) -> Tensor:
         acc = torch.promote_types(torch.promote_types(x_s.dtype, x_t.dtype), torch.float32)
-        n_s = torch.linalg.vector_norm(x_s, 2, dim=2, keepdim=True, dtype=acc).clamp_min(1e-12)
-        n_t = torch.linalg.vector_norm(x_t, 2, dim=2, keepdim=True, dtype=acc).clamp_min(1e-12)
-        s, t = x_s / n_s, x_t / n_t
-        b, cs, ct, n = s.shape[0], s.shape[1], t.shape[1], s.shape[2]
+        b, cs, ct, n = x_s.shape[0], x_s.shape[1], x_t.shape[1], x_s.shape[2]
         ctx.gram = cs * cs + ct * ct + cs * ct <= (cs + ct) * n
         ctx.sizes = (b, cs, ct)
         if ctx.gram:
-            g_ss, g_tt, g_st = torch.bmm(s, s.transpose(1, 2)), torch.bmm(t, t.transpose(1, 2)), torch.bmm(s, t.transpose(1, 2))
+            xs, xt = x_s.to(acc), x_t.to(acc)
+            r_ss, r_tt, r_st = torch.bmm(xs, xs.transpose(1, 2)), torch.bmm(xt, xt.transpose(1, 2)), torch.bmm(xs, xt.transpose(1, 2))
+            inv_s = r_ss.diagonal(dim1=1, dim2=2).sqrt().clamp_min(1e-12).reciprocal()  # [B, Cs]: 1/‖x_i‖
+            inv_t = r_tt.diagonal(dim1=1, dim2=2).sqrt().clamp_min(1e-12).reciprocal()
+            g_ss = r_ss * inv_s.unsqueeze(2) * inv_s.unsqueeze(1)
+            g_tt = r_tt * inv_t.unsqueeze(2) * inv_t.unsqueeze(1)
+            g_st = r_st * inv_s.unsqueeze(2) * inv_t.unsqueeze(1)
             loss = (g_ss.square().sum() / (b * cs * cs) + g_tt.square().sum() / (b * ct * ct)
                     - 2.0 * g_st.square().sum() / (b * cs * ct))
-            ctx.save_for_backward(s, t, n_s, n_t, g_ss, g_tt, g_st)
+            ctx.save_for_backward(xs, xt, inv_s, inv_t, g_ss, g_tt, g_st)
         else:
+            n_s = torch.linalg.vector_norm(x_s, 2, dim=2, keepdim=True, dtype=acc).clamp_min(1e-12)
+            n_t = torch.linalg.vector_norm(x_t, 2, dim=2, keepdim=True, dtype=acc).clamp_min(1e-12)
+            s, t = x_s / n_s, x_t / n_t
             d = torch.bmm(s.transpose(1, 2), s) / cs - torch.bmm(t.transpose(1, 2), t) / ct  # [B, N, N]
             loss = d.square().sum() / b
             ctx.save_for_backward(s, t, n_s, n_t, d)
@@ -76,23 +88,34 @@ class _MMDPoly2(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         b, cs, ct = ctx.sizes
-        s, t, n_s, n_t = ctx.saved_tensors[:4]
         need_s, need_t = ctx.needs_input_grad[:2]
         d_s = d_t = None
         if ctx.gram:
-            g_ss, g_tt, g_st = ctx.saved_tensors[4:]
+            xs, xt, inv_s, inv_t, g_ss, g_tt, g_st = ctx.saved_tensors
             cross = -4.0 * grad / (b * cs * ct)
-            if need_s:  # ∂/∂s: 4 G_ss s / (B Cs²) − 4 G_st t / (B Cs Ct)
-                d_s = torch.baddbmm(torch.bmm(g_st, t), g_ss, s, beta=cross, alpha=4.0 * grad / (b * cs * cs))
-            if need_t:
-                d_t = torch.baddbmm(torch.bmm(g_st.transpose(1, 2), s), g_tt, t, beta=cross,
-                                    alpha=4.0 * grad / (b * ct * ct))
-        else:
-            (d,) = ctx.saved_tensors[4:]  # symmetric
+            sq_st = g_st.square()
+
+            def own(g: Tensor, inv: Tensor, alpha, c: Tensor) -> Tensor:  # D (α G − diag c) D
+                m = g * alpha
+                m.diagonal(dim1=1, dim2=2).sub_(c)
+                return m.mul_(inv.unsqueeze(2)).mul_(inv.unsqueeze(1))
+
             if need_s:
-                d_s = torch.bmm(s, d) * (4.0 * grad / (b * cs))
+                alpha = 4.0 * grad / (b * cs * cs)
+                c = alpha * g_ss.square().sum(2) + cross * sq_st.sum(2)
+                d_s = torch.baddbmm(torch.bmm(g_st * (cross * inv_s.unsqueeze(2) * inv_t.unsqueeze(1)), xt),
+                                    own(g_ss, inv_s, alpha, c), xs)
             if need_t:
-                d_t = torch.bmm(t, d) * (-4.0 * grad / (b * ct))
+                alpha = 4.0 * grad / (b * ct * ct)
+                c = alpha * g_tt.square().sum(2) + cross * sq_st.sum(1)
+                d_t = torch.baddbmm(torch.bmm(g_st.transpose(1, 2) * (cross * inv_t.unsqueeze(2) * inv_s.unsqueeze(1)), xs),
+                                    own(g_tt, inv_t, alpha, c), xt)
+            return d_s, d_t
+        s, t, n_s, n_t, d = ctx.saved_tensors  # d symmetric
+        if need_s:
+            d_s = torch.bmm(s, d) * (4.0 * grad / (b * cs))
+        if need_t:
+            d_t = torch.bmm(t, d) * (-4.0 * grad / (b * ct))
 
         def through_normalisation(u: Tensor, du: Tensor, norm: Tensor) -> Tensor:
             # u = x / ||x||: dx = (du − u ⟨u, du⟩) / ||x||

@@ -293,8 +293,11 @@ def _start(argv, **env):
     e = dict(os.environ)
     e.pop(SLOW_SAVE_ENV, None)
     e.update(env)
+    # Ctrl-C as a terminal sends it: a shell that started this suite in the background leaves SIGINT
+    # ignored, the child would inherit that, and Python then never raises KeyboardInterrupt
     return subprocess.Popen([PY, "-m", "crossdistill.cli", *map(str, argv)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=e)
+                            stderr=subprocess.PIPE, text=True, env=e,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(proc, condition, timeout=240):

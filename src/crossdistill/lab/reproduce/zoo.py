@@ -19,6 +19,7 @@ import yaml
 from ...catalog import builtin_names, method_rows
 from ...config import RECIPES, deep_merge, list_configs
 from ...methods import METHODS
+from ...options import options_model
 from .grid import Cell, Result, plot_results, run_grid, train_config, write_tables
 from .parallel import train_side_by_side
 
@@ -69,14 +70,14 @@ def zoo_recipes() -> Dict[str, Dict[str, Any]]:
 def scaled_terms(terms: List[Dict[str, Any]], s: Dict[str, Any]) -> List[Dict[str, Any]]:
     """The recipe's terms at the scale ``s``: epoch-counted options × epochs / 240, rounded, at least
     one epoch (these phases and warm-ups move once per epoch, so a warm-up shorter than one epoch is
-    none at all); CRD's bank at ``s["nce_k"]`` negatives."""
+    none at all); a memory bank (CRD's) at ``s["nce_k"]`` negatives."""
     out = []
     for t in terms:
         t = dict(t)
         for k in EPOCH_OPTIONS:
             if t.get(k):
                 t[k] = max(1, round(t[k] * s["epochs"] / RECIPE_EPOCHS))
-        if t["method"] == "crd":  # the recipes' 16 384 is more than the subset has images
+        if "nce_k" in options_model(METHODS.get(t["method"])).model_fields:  # the recipes' 16 384 > the subset
             t["nce_k"] = s["nce_k"]
         out.append(t)
     return out

@@ -71,7 +71,7 @@ def test_term_modules_run_at_the_networks_precision_and_hand_back_float32():
 @pytest.mark.parametrize("name,options", [
     ("vid", {}), ("vid", {"projector": "inverted"}), ("ft", {"init_epochs": 0}),
     ("ft", {"init_epochs": 0, "projector": "inverted"}), ("fitnet", {"student": "layer2", "teacher": "layer2"}),
-    ("crd", {"nce_k": 8}), ("at", {}), ("nst", {}), ("cc", {}),
+    ("crd", {"nce_k": 8}), ("at", {}), ("nst", {}), ("cc", {}), ("dpk", {}),
 ])
 def test_lowered_precision_terms_stay_close_to_float32(name, options):
     """The same bf16 network features through the term: bf16 modules + float32 loss (what training
@@ -192,3 +192,23 @@ def test_a_term_region_hands_its_gradient_back_in_its_own_dtype_and_layout():
     (grad,) = seen
     assert grad.dtype == BF16 and grad.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(grad.float().flatten(1), torch.arange(36.0).expand(2, 36).to(BF16).float())
+
+
+def test_a_residual_block_runs_whole_in_the_networks_precision():
+    """DPK's generation blocks (residual bottlenecks) are one bf16 region each: the input is cast once,
+    the residual sums stay bf16 (not promoted to float32 by ``x + branch(x)``), and the loss reads
+    float32; its gradient reaches the projector in float32."""
+    term = build_method("dpk")
+    d = _distiller([term])
+    seen = []
+    for gen in term.generators:
+        for block in gen:
+            block.register_forward_hook(lambda m, a, out: seen.append((a[0].dtype, out.dtype)))
+    with _autocast():
+        loss, _ = d(toy_batch())
+    assert seen and all(pair == (BF16, BF16) for pair in seen)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in term.projectors.parameters())
+    seen.clear()
+    d(toy_batch())  # fp32 networks: nothing is lowered
+    assert seen and all(pair == (torch.float32, torch.float32) for pair in seen)

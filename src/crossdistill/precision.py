@@ -20,11 +20,16 @@ REGION_SAFE = AUTOCAST_MODULES + (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Id
 
 
 def runs_whole(m: nn.Module) -> bool:
-    """A module that runs whole at low precision: a safe layer, or an ``nn.Sequential`` of them
-    (a Sequential's forward is its children in order: no hidden arithmetic)."""
-    if isinstance(m, nn.Sequential):
+    """A module that runs whole at low precision: a safe layer, an ``nn.Sequential`` of them (a
+    Sequential's forward is its children in order: no hidden arithmetic), or a block that declares
+    ``residual_region = True`` (its own forward adds nothing but a residual sum) over such children."""
+    if isinstance(m, nn.Sequential) or getattr(m, "residual_region", False):
         return all(runs_whole(c) for c in m.children())
     return isinstance(m, REGION_SAFE)
+
+
+def _has_residual(m: nn.Module) -> bool:
+    return any(getattr(x, "residual_region", False) for x in m.modules())
 
 
 class TermAutocast:
@@ -50,7 +55,10 @@ class TermAutocast:
 
         def visit(m: nn.Module, top: bool) -> None:
             if not top and runs_whole(m) and any(isinstance(x, AUTOCAST_MODULES) for x in m.modules()):
-                handles.append(m.register_forward_pre_hook(self._enter))
+                # a region holding residual blocks gets its input in the networks' precision, so that
+                # the residual sums stay there too (x + branch(x) would otherwise promote to float32)
+                enter = self._enter_cast if _has_residual(m) else self._enter
+                handles.append(m.register_forward_pre_hook(enter))
                 handles.append(m.register_forward_hook(self._leave, always_call=True))
                 return
             for child in m.children():
@@ -66,6 +74,13 @@ class TermAutocast:
         ctx = torch.autocast(self.state[0], dtype=self.state[1])
         ctx.__enter__()
         self._open.append(ctx)
+
+    def _enter_cast(self, module, args):
+        self._enter(module, args)
+        if self.state is None:
+            return None
+        dtype = self.state[1]
+        return tuple(loss_input(a, dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
 
     def _leave(self, _module, _args, output):
         if self.state is None or not self._open:

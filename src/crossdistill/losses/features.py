@@ -4,7 +4,7 @@ Inputs are already projected (connectors / regressors / paraphrasers are modules
 already resized: a spatial mismatch raises :class:`~crossdistill.errors.ShapeError` rather than being
 silently interpolated. No function detaches the teacher; the caller does.
 
-``at_loss``, ``nst_loss`` and ``vid_loss`` also take maps in a lower precision (bf16 from an
+``at_loss``, ``ab_loss``, ``nst_loss`` and ``vid_loss`` also take maps in a lower precision (bf16 from an
 autocast network) and compute in float32 anyway: the upcast happens inside their first pass over
 the map (a float32-accumulating norm, or an op whose other operand is float32), so no float32 copy
 of a whole map is made, and their gradients come back in the map's own layout. The Distiller hands
@@ -171,6 +171,31 @@ def at_loss(fs: Tensor, ft: Tensor, p: float = 2.0) -> Tensor:
     return (attention_map(fs, p) - attention_map(ft, p)).pow(2).mean()
 
 
+class _ABMargin(torch.autograd.Function):
+    """AB's margin loss in closed form, forward and backward by hand: with ``σ = +1`` where the
+    teacher neuron is on (``t > 0``) and ``−1`` where it is off, both cases of the reference's loss
+    are one hinge, ``(s + m)²·[s > −m ∧ t ≤ 0] + (s − m)²·[s ≤ m ∧ t > 0] = relu(m − σ·s)²`` (at
+    ``s = ±m`` both sides are 0), and ``∂L/∂s = −2σ·relu(m − σ·s) / B``. Three passes over the map
+    forward (the teacher's sign, the signed map, the hinge) and two backward, where autograd over the
+    masked formula made about ten and five, each writing a fresh float32 map (docs/speed.md#ab)."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, m: Union[float, Tensor]) -> Tensor:
+        on = t > 0
+        hinge = torch.where(on, s.neg(), s).to(_acc(s))  # −σ·s, in float32 at least
+        hinge.add_(m).clamp_min_(0)                       # relu(m − σ·s)
+        ctx.save_for_backward(hinge, on)
+        ctx.in_dtype, ctx.batch = s.dtype, s.shape[0]
+        flat = hinge.reshape(-1)
+        return torch.dot(flat, flat) / ctx.batch
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        hinge, on = ctx.saved_tensors
+        g = hinge * (2.0 * grad / ctx.batch)
+        return torch.where(on, g.neg(), g).to(ctx.in_dtype), None, None
+
+
 def ab_loss(source: Tensor, target: Tensor, margin: Union[float, Tensor] = 1.0) -> Tensor:
     """Activation-boundary margin loss on pre-activation maps (Heo et al., 2019).
 
@@ -183,15 +208,16 @@ def ab_loss(source: Tensor, target: Tensor, margin: Union[float, Tensor] = 1.0) 
     i.e. the student is pushed below ``−m`` where the teacher neuron is off and above ``+m`` where it is
     on; only the teacher's sign is used. Summed over all elements and divided by the batch size, as in
     the reference criterion. The reference additionally multiplies each layer's term by a per-layer
-    weight and by ``3/1000``; that scaling belongs to the method, not to this function.
+    weight and by ``3/1000``; that scaling belongs to the method, not to this function. Computed as
+    the one hinge ``relu(m − σ·s)²`` (``σ`` the teacher's sign) with its gradient by hand
+    (:class:`_ABMargin`); maps of a lower precision are read as they are, the sum is float32. The
+    margin gets no gradient (the reference computes it from the teacher's statistics).
     """
     _same_shape("ab_loss", source, target)
     m = _per_channel(margin, source)
-    teacher_on = target > 0
-    push_down = ((source > -m) & ~teacher_on).to(source.dtype)
-    push_up = ((source <= m) & teacher_on).to(source.dtype)
-    loss = (source + m).pow(2) * push_down + (source - m).pow(2) * push_up
-    return loss.sum() / source.shape[0]
+    if isinstance(m, Tensor):
+        m = m.detach().to(_acc(source))
+    return _ABMargin.apply(source, target.detach(), m)
 
 
 def factor_loss(factor_s: Tensor, factor_t: Tensor, p: int = 1, reduction: str = "batchmean") -> Tensor:

@@ -48,6 +48,7 @@ class AB(InitPhase, ProjectedMethod):
     default_weight = 1.0
     default_student = "@preacts"
     default_teacher = "@preacts"
+    float32_inputs = False  # its loss upcasts inside its first pass (losses/features.py)
 
     def __init__(self, projector_kind: Literal["linear", "conv_bn"] = "conv_bn", connect_equal: bool = False,
                  margin: NonNegative = 1.0, init_epochs: NonNegativeInt = 30, in_main: bool = False, **options):

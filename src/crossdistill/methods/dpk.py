@@ -83,6 +83,8 @@ class Bottleneck(nn.Module):
     """``x + conv1×1(ReLU(BN(conv3×3(ReLU(BN(conv1×1(x)))))))``; the last conv starts at zero, so a
     fresh generation block is the identity."""
 
+    residual_region = True  # under a bf16 network the whole block runs in bf16, residual sum included (precision.py)
+
     def __init__(self, channels: int, width: int):
         super().__init__()
         self.branch = nn.Sequential(

@@ -20,7 +20,7 @@ def test_cifar100_recipes_cover_the_zoo_for_both_pairs():
     names = set(list_configs())
     zoo = [m for m in builtin_names() if METHODS.get(m).zoo]
     assert {"kd", "fitnet", "crd"} <= set(zoo)
-    for pair in ("resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2"):
+    for pair in ("resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2", "vgg13_vgg8"):
         for m in [*zoo, "crd_kd"]:
             assert f"cifar100/{pair}/{m}" in names, f"method '{m}' declares zoo = True but has no cifar100/{pair}/{m} recipe"
         for m in zoo:
@@ -94,14 +94,15 @@ PAIRS = {"resnet32x4_resnet8x4": ("resnet32x4", "resnet8x4"), "wrn_40_2_wrn_16_2
          "vgg13_vgg8": ("vgg13", "vgg8")}
 OLD_METHODS = ("kd", "fitnet", "fitnet_inverted", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd",
                "crd_kd", "dpk")
-LOGIT_METHODS = ("dkd", "dkd_ls", "kd_ls", "dist", "ctkd", "mlkd")
+LOGIT_METHODS = ("dkd", "dkd_ls", "kd_ls", "dist", "ctkd", "mlkd", "mlkd_ls")
+NEW_FEATURE_METHODS = ("reviewkd", "srd", "srd_inverted", "vkd", "vkd_inverted")
 
 
 def test_every_pair_has_a_recipe_for_every_method():
     names = set(list_configs())
     assert {"cifar100/teacher_vgg13", "cifar100/student_vgg8"} <= names
     for pair in PAIRS:
-        for m in OLD_METHODS + LOGIT_METHODS:
+        for m in OLD_METHODS + LOGIT_METHODS + NEW_FEATURE_METHODS:
             assert f"cifar100/{pair}/{m}" in names, (pair, m)
     mlkd = load_config(RECIPES / "cifar100/vgg13_vgg8/mlkd.yaml")
     assert mlkd.data.copy_augment == ["crop_flip", "randaugment"] and mlkd.train.optimizer.lr == 0.025
@@ -122,9 +123,9 @@ def _on_fake_data(name, tmp_path, teacher):
     return load_config(RECIPES / f"{name}.yaml", overrides)
 
 
-@pytest.mark.parametrize("method", OLD_METHODS)
+@pytest.mark.parametrize("method", OLD_METHODS + NEW_FEATURE_METHODS)
 def test_vgg_pair_recipes_build(method, tmp_path):
-    """The vgg13 → vgg8 recipes of the older methods wire up on the VGG layer names (a dry run)."""
+    """The vgg13 → vgg8 recipes of the feature methods wire up on the VGG layer names (a dry run)."""
     from crossdistill.build import build_run
 
     build_run(_on_fake_data(f"cifar100/vgg13_vgg8/{method}", tmp_path, "vgg13"))
@@ -144,3 +145,29 @@ def test_logit_method_recipes_take_a_step(tmp_path):
             assert 0 <= summary["last"]["acc"] <= 1, m
     finally:
         torch.set_num_threads(n)
+
+
+
+def test_vgg_reviewkd_reads_the_maps_mdistiller_reads(tmp_path):
+    """vgg8's outputs of groups 2-5 and vgg13's pre-ReLU maps of groups 2-5 (the last BN of each,
+    so with negative values), then the pooled feature: on 32 px, 128@16, 256@8, 512@4, 512@4, 512."""
+    import torch
+
+    from crossdistill.build import build_run
+
+    distiller = build_run(_on_fake_data("cifar100/vgg13_vgg8/reviewkd", tmp_path, "vgg13")).distiller
+    term = distiller.terms[0]
+    seen = {}
+    original = term.forward
+
+    def capture(s, t, batch):
+        seen["s"], seen["t"] = s, t
+        return original(s, t, batch)
+
+    term.forward = capture
+    distiller({"input": torch.randn(2, 3, 32, 32), "label": torch.tensor([0, 1])})
+    shapes = [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)]
+    assert [tuple(x.shape[1:]) for x in seen["s"][:4]] == shapes == [tuple(x.shape[1:]) for x in seen["t"][:4]]
+    assert seen["s"][4].shape[1] == seen["t"][4].shape[1] == 512 and seen["s"][4].numel() == 2 * 512
+    assert all((x >= 0).all() for x in seen["s"][:4])  # the student's post-ReLU group outputs
+    assert all((x < 0).any() for x in seen["t"][:4])    # the teacher's pre-activations

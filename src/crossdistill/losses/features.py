@@ -210,8 +210,9 @@ def ab_loss(source: Tensor, target: Tensor, margin: Union[float, Tensor] = 1.0) 
     the reference criterion. The reference additionally multiplies each layer's term by a per-layer
     weight and by ``3/1000``; that scaling belongs to the method, not to this function. Computed as
     the one hinge ``relu(m − σ·s)²`` (``σ`` the teacher's sign) with its gradient by hand
-    (:class:`_ABMargin`); maps of a lower precision are read as they are, the sum is float32. The
-    margin gets no gradient (the reference computes it from the teacher's statistics).
+    (:class:`_ABMargin`); maps of a lower precision are read as they are, the sum is float32. Only
+    ``source`` gets a gradient: the teacher's map enters through its sign alone, and the margin is
+    a constant (the reference computes it from the teacher's statistics).
     """
     _same_shape("ab_loss", source, target)
     m = _per_channel(margin, source)

@@ -56,7 +56,14 @@ def wrap_attr(obj, attr, name):
 
 
 def closure(fn):
-    return inspect.getclosurevars(fn).nonlocals
+    """The variables ``fn`` closes over, and those of the functions it closes over (a bench step is
+    ``lambda: update(batch)`` around the function that holds the distiller)."""
+    found = dict(inspect.getclosurevars(fn).nonlocals)
+    for value in list(found.values()):
+        if inspect.isfunction(value):
+            for k, v in closure(value).items():
+                found.setdefault(k, v)
+    return found
 
 
 for name, step in steps.items():
@@ -77,8 +84,9 @@ for name, step in steps.items():
         if d.task is not None:
             wrap_attr(d.task, "loss", "task_loss")
     else:
-        label_module(nl["teacher"], "teacher.fwd")
-        label_module(closure(nl["student_step"])["model"], "student.fwd")
+        if "teacher" in nl:
+            label_module(nl["teacher"], "teacher.fwd")
+        label_module(nl["model"], "student.fwd")
 
 # ---------------------------------------------------------------- unprofiled timing (bench's interleave, cpu clock)
 t0 = time.process_time()

@@ -1,5 +1,6 @@
 """`crossdistill reproduce simreg` end to end at a toy scale (skips without Fashion-MNIST)."""
 import csv
+import json
 
 import pytest
 
@@ -23,12 +24,13 @@ def test_reproduce_simreg_writes_table_csv_and_plots(tmp_path, monkeypatch):
     from crossdistill.build import build_run
     from crossdistill.config import deep_merge, parse_config
 
-    tiny = dict(subset=48, teacher_subset=64, epochs=2, ssl_epochs=1, sup_epochs=1, batch_size=24, nce_k=16, probe_epochs=3, seeds=(0, 1))
+    tiny = dict(subset=48, teacher_subset=64, epochs=2, ssl_epochs=1, sup_epochs=1, batch_size=24, nce_k=16, probe_epochs=3,
+                seeds=(0, 1), data_options={"image_size": 16}, train={"threads": 1}, select=dict(factors=(0.5, 2.0), validation=12))
     monkeypatch.setitem(simreg.SCALES, "quick", tiny)
     every = simreg.student_cells
-    # three rows run (one teacher, two teachers, two views); every row is built below
+    # four rows run (one teacher, two teachers, two views, a baseline whose weight is chosen); every row is built below
     kept = ("SimReg, SSL teacher: 4-layer head", "SimReg, both teachers: 4-layer heads",
-            "SimReg, SSL teacher: 4-layer, different views")
+            "SimReg, SSL teacher: 4-layer, different views", "CC, SSL teacher")
     monkeypatch.setattr(simreg, "student_cells", lambda s, t: [c for c in every(s, t) if c[0] in kept])
     assert main(["reproduce", "simreg", "--quick", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "results.md").read_text()
@@ -50,8 +52,18 @@ def test_reproduce_simreg_writes_table_csv_and_plots(tmp_path, monkeypatch):
     assert [p.stat().st_mtime_ns for p in evals] == stamps
     # every row of the grid builds (configs, teachers from the checkpoints, the Distiller's dry run)
     teachers = {"ssl": str(tmp_path / "teacher_ssl" / "student.pt"), "sup": str(tmp_path / "teacher_sup" / "student.pt")}
-    rows = every(tiny, teachers)
-    assert len(rows) == 12
+    rows = every(dict(tiny, supervised_head_ablation=True), teachers)
+    assert len(rows) == 17 and len(every(tiny, teachers)) == 15
+    # CC's weight: two candidates trained on the held-out split, the better one kept for its seeds
+    chosen = list(csv.DictReader(open(tmp_path / "selection.csv")))
+    assert [r["row"] for r in chosen] == ["CC, SSL teacher"] * 2 and sum(int(r["selected"]) for r in chosen) == 1
+    best = max(chosen, key=lambda r: float(r["validation_knn"]))
+    assert best["selected"] == "1" and "chosen on a validation split" in md
+    for folder in tmp_path.glob("selection/*"):
+        assert json.loads((folder / "summary.json").read_text())["eval_split"] == "validation"
+    used = json.loads((tmp_path / "runs" / "CC--SSL-teacher__s1" / "grid_config.json").read_text())
+    assert f"w={used['distill']['terms'][0]['weight']:g}" == best["candidate"]
+    assert "validation" not in used["data"]
     for _, cfg in rows:
         build_run(parse_config(deep_merge(cfg, {"output_dir": str(tmp_path / "unused")})))
 
@@ -64,3 +76,23 @@ def test_reproduce_simreg_without_the_data_set_says_how_to_install_it(tmp_path, 
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         simreg.reproduce_simreg(tmp_path / "out", quick=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_choose_weights_keeps_the_best_validation_score_and_refuses_a_test_split_score(tmp_path, monkeypatch):
+    from crossdistill.errors import ConfigError, NonFiniteLossError
+
+    scores = {"w=0.5": 0.61, "w=2": 0.70, "w=8": None}
+
+    def fake_train(config, folder, log):
+        if scores[folder.name] is None:
+            raise NonFiniteLossError("loss is nan")
+        return {"eval_split": "validation", "last": {"knn_acc": scores[folder.name]}}
+
+    monkeypatch.setattr(simreg, "train_config", fake_train)
+    runs = {"CC": {label: ({}, tmp_path / label) for label in scores}}
+    chosen, table = simreg.choose_weights(runs, print)
+    assert chosen == {"CC": "w=2"}
+    assert [(r[1], r[3]) for r in table] == [("w=0.5", 0), ("w=2", 1), ("w=8", 0)] and table[2][2] == float("-inf")
+    monkeypatch.setattr(simreg, "train_config", lambda c, f, log: {"eval_split": "test", "last": {"knn_acc": 0.9}})
+    with pytest.raises(ConfigError, match="not scored on a validation split"):
+        simreg.choose_weights({"CC": {"w=1": ({}, tmp_path / "x")}}, print)

@@ -54,21 +54,27 @@ def default_workers() -> int:
     return max(1, min(4, cores))
 
 
-def _train_one(config: Dict[str, Any], folder: str) -> Tuple[str, str, float]:
-    """In a worker: one thread, train (or read back) one run; returns (folder, metric line, seconds)."""
+def _train_one(config: Dict[str, Any], folder: str, then: Optional[Callable[[Path], Any]] = None) -> Tuple[str, str, float]:
+    """In a worker: one thread, train (or read back) one run, then ``then(folder)`` (e.g. score it);
+    returns (folder, metric line, seconds)."""
     torch.set_num_threads(1)
     t0 = time.time()
     try:
         summary = train_config(config, Path(folder), log=lambda *_: None)
     except NonFiniteLossError:  # a result too: run_grid meets it again and reports it as diverged
         return folder, "diverged", time.time() - t0
+    if then is not None:
+        then(Path(folder))
     metric = summary["primary_metric"]
     return folder, f"{metric}={summary['last'][metric]:.4f}", time.time() - t0
 
 
-def train_runs(runs: Sequence[Run], workers: int, log: Callable[[str], None] = print) -> None:
-    """Train ``runs`` in ``workers`` single-thread processes; one line per finished run through
-    ``log`` when stdout is not a terminal, a bar over the runs when it is."""
+def train_runs(runs: Sequence[Run], workers: int, log: Callable[[str], None] = print,
+               then: Optional[Callable[[Path], Any]] = None) -> None:
+    """Train ``runs`` in ``workers`` single-thread processes, each followed by ``then(folder)`` in its
+    worker (a picklable, module-level callable; e.g. a representation probe whose result the caller
+    reads back); one line per finished run through ``log`` when stdout is not a terminal, a bar over
+    the runs when it is."""
     bar = None
     if sys.stdout.isatty():
         from tqdm.auto import tqdm
@@ -77,7 +83,7 @@ def train_runs(runs: Sequence[Run], workers: int, log: Callable[[str], None] = p
     t0 = time.time()
     # spawn: a fresh interpreter per worker (no forked torch thread pools)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_train_one, config, str(folder)) for config, folder in runs]
+        futures = [pool.submit(_train_one, config, str(folder), then) for config, folder in runs]
         for done, future in enumerate(as_completed(futures), 1):
             folder, metric, seconds = future.result()
             line = f"  run {done}/{len(runs)} {Path(folder).name}: {metric} ({seconds:.0f}s, {time.time() - t0:.0f}s in all)"

@@ -8,22 +8,27 @@ probe on the pooled feature. The teachers learn from the first ``teacher_subset`
 the students from the first ``subset`` (those images are the k-NN bank and the probe's training
 data; the first ``subset`` test images are the test set, for students and teachers alike).
 
-Rows: SimReg's head depth (none / linear / 2-layer / 4-layer), different views, the inverted head,
-the supervised teacher, both teachers with independent 4-layer or linear heads, the baselines
-from this package (CRD without labels, CC) and a student trained with SimCLR itself. Loss weights
-are the package defaults, set a priori (each student has a single term, so a weight only rescales
-the learning rate); nothing is tuned on the test split. Reference rows (not trained here): a
-randomly initialised ResNet-8 and the two teachers.
+Rows: SimReg's head depth (none / linear / 2-layer / 4-layer; the paper's heads and the released
+code's), different views, the inverted head, the supervised teacher (with its own head ablation where
+the scale sets ``supervised_head_ablation``), both teachers with independent 4-layer or linear heads, the baselines
+from this package (CRD without labels, CC) and a student trained with SimCLR itself. SimReg's rows
+keep the paper's loss (weight 1); the baselines' weights are chosen among ``select.factors`` × their
+defaults by the k-NN monitor on a validation part of the students' training images (first seed),
+never on the test split. Reference rows (not trained here): a randomly initialised ResNet-8 and the
+two teachers. The runs train side by side, one single-thread process per core
+(:mod:`.parallel`); scoring reads them back.
 
 Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` (or the IDX files under
 ``$CROSSDISTILL_DATA/fashion-mnist``); without it the command stops with the install line.
 """
 from __future__ import annotations
 
+import csv
 import json
 import statistics
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -32,25 +37,41 @@ from ...commands.representation import evaluate_representation
 from ...config import deep_merge, parse_config
 from ...data import create_dataset
 from ...engine.representation import extract_features, knn_eval, linear_probe
-from ...errors import NonFiniteLossError
+from ...errors import ConfigError, NonFiniteLossError
 from ...models import create_model
-from .grid import Result, slug, train_config, write_tables
+from .grid import Result, slug, train_config, weight_candidates, write_tables
+from .parallel import Run, default_workers, train_runs
 
 SCALES: Dict[str, Dict[str, Any]] = {
-    "quick": dict(subset=2000, teacher_subset=2000, epochs=4, ssl_epochs=6, sup_epochs=4, batch_size=128, nce_k=1024,
-                  probe_epochs=100, seeds=(0, 1, 2)),
-    # a teacher worth distilling (issue 22; NOT run yet, docs/simreg.md has the recipe and its cost): SimCLR
-    # for 100 epochs on all 60 000 training images with a 4× wider ResNet-20 (ssl_teacher), the
-    # supervised teacher on all 60 000 too; students on 10 000 images for 30 epochs (the first attempt's
-    # 6-epoch students gained +1.5 to +3.1 points from 12 epochs: not at a plateau)
+    # 16 px (like DPK's medium scale) and 1 500 student images: the 28 px, 2 000-image quick run took
+    # 14 min 27 s on the AVX2 machine, one run after another; this one, two at a time, fits the
+    # 10-minute budget for --quick (docs/results.md#quick-sizes)
+    "quick": dict(subset=1500, teacher_subset=2000, epochs=4, ssl_epochs=6, sup_epochs=4, batch_size=128, nce_k=1024,
+                  probe_epochs=100, seeds=(0, 1, 2), data_options={"image_size": 16}, train={"threads": 1},
+                  select=dict(factors=(0.25, 1.0, 4.0), validation=0.2)),
+    # a teacher that fits a CPU (issue 22): SimCLR for 20 epochs on 30 000 images at 16 px, 10x the
+    # students' data; students on 3 000 images for 40 epochs (at 20, "medium-20", twice the epochs
+    # still added +2.6 points: not a plateau); CRD's and CC's weights chosen on a validation split
+    # (k-NN monitor) of the students' training images; the head ablation with the supervised teacher
+    # too (supervised_head_ablation: a teacher clearly better than SimCLR on the student, which this
+    # SimCLR teacher is only by ~2 points)
+    "medium": dict(subset=3000, teacher_subset=30000, epochs=40, ssl_epochs=20, sup_epochs=8, batch_size=128,
+                   nce_k=2048, probe_epochs=100, seeds=(0, 1, 2), data_options={"image_size": 16},
+                   train={"threads": 1}, teacher_train={"eval_every": 5}, supervised_head_ablation=True,
+                   select=dict(factors=(0.25, 1.0, 4.0), validation=0.2)),
+    # a teacher worth distilling at full resolution (NOT run: docs/simreg.md has the recipe and its
+    # cost): SimCLR for 100 epochs on all 60 000 training images with a 4x wider ResNet-20
+    # (ssl_teacher), the supervised teacher on all 60 000 too; students on 10 000 images for 30 epochs
     "full": dict(subset=10000, teacher_subset=60000, epochs=30, ssl_epochs=100, sup_epochs=15, batch_size=128,
                  nce_k=4096, probe_epochs=100, seeds=(0, 1, 2),
-                 ssl_teacher={"name": "resnet_width", "options": {"depth": 20, "width": 64}}),
+                 ssl_teacher={"name": "resnet_width", "options": {"depth": 20, "width": 64}},
+                 select=dict(factors=(0.25, 1.0, 4.0), validation=0.2)),
     # the first attempt (docs/results.md#simreg): a weak SimCLR teacher (15 epochs on 10 000 images,
     # 81.5 % linear probe), 6-epoch students; about 80 CPU-minutes on one thread
     "first-attempt": dict(subset=5000, teacher_subset=10000, epochs=6, ssl_epochs=15, sup_epochs=6, batch_size=128,
                           nce_k=2048, probe_epochs=100, seeds=(0, 1, 2)),
 }
+SCALES["medium-20"] = {**SCALES["medium"], "epochs": 20}  # the medium grid's first pass
 SSL_TEACHER, SUP_TEACHER, STUDENT = "resnet20", "vgg8", "resnet8"
 METRICS = (("knn_k1", "k-NN k=1"), ("knn_k20", "k-NN k=20"), ("linear", "linear probe"))
 #: the row trained once more, twice as long (first seed), to see whether the students had plateaued
@@ -60,11 +81,12 @@ PLATEAU_ROW = "SimReg, SSL teacher: 4-layer head"
 def _data(s: Dict[str, Any], augment: str, copies: int = 1, subset: str = "subset") -> Dict[str, Any]:
     # ``subset`` keeps the first N images of each split (training and test)
     return {"name": "fashion_mnist", "batch_size": s["batch_size"], "augment": augment, "copies": copies,
-            "options": {"subset": s[subset]}}
+            "options": {**s.get("data_options", {}), "subset": s[subset]}}
 
 
-def _train(epochs: int, lr: float) -> Dict[str, Any]:
-    return {"epochs": epochs, "optimizer": {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4},
+def _train(s: Dict[str, Any], epochs: int, lr: float, extra: str = "") -> Dict[str, Any]:
+    return {**s.get("train", {}), **s.get(extra, {}), "epochs": epochs,
+            "optimizer": {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4},
             "schedule": {"name": "cosine"}, "progress": False}
 
 
@@ -74,16 +96,16 @@ def teacher_configs(s: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     ssl = {"seed": 1000, "task": "self_supervised",
            "data": {**_data(s, "ssl", copies=2, subset="teacher_subset"), "batch_size": 2 * s["batch_size"]},
            "student": s.get("ssl_teacher", {"name": SSL_TEACHER}), "distill": {"terms": [{"method": "simclr", "temperature": 0.5}]},
-           "train": _train(s["ssl_epochs"], 0.3)}
+           "train": _train(s, s["ssl_epochs"], 0.3, "teacher_train")}
     sup = {"seed": 1000, "task": "classification", "data": _data(s, "crop_flip", subset="teacher_subset"),
-           "student": {"name": SUP_TEACHER}, "train": _train(s["sup_epochs"], 0.05)}
+           "student": {"name": SUP_TEACHER}, "train": _train(s, s["sup_epochs"], 0.05, "teacher_train")}
     return {"ssl": ssl, "sup": sup}
 
 
 def student_cells(s: Dict[str, Any], teachers: Dict[str, str]) -> List[Tuple[str, Dict[str, Any]]]:
     """(row label, config) of every student; ``teachers`` maps ssl/sup to checkpoint paths."""
     base = {"task": "self_supervised", "data": _data(s, "resized_crop_flip"), "student": {"name": STUDENT},
-            "train": _train(s["epochs"], 0.05)}
+            "train": _train(s, s["epochs"], 0.05)}
     t_all = {n: {"checkpoint": p} for n, p in teachers.items()}
 
     def simreg(names, **options):
@@ -98,8 +120,15 @@ def student_cells(s: Dict[str, Any], teachers: Dict[str, str]) -> List[Tuple[str
         ("SimReg, SSL teacher: linear head", simreg(["ssl"], head_layers=1)),
         ("SimReg, SSL teacher: 2-layer head", simreg(["ssl"], head_layers=2)),
         ("SimReg, SSL teacher: 4-layer head", simreg(["ssl"], head_layers=4)),
+        ("SimReg, SSL teacher: linear head (released code)", simreg(["ssl"], head_layers=1, head_variant="code")),
+        ("SimReg, SSL teacher: 2-layer head (released code)", simreg(["ssl"], head_layers=2, head_variant="code")),
+        ("SimReg, SSL teacher: 4-layer head (released code)", simreg(["ssl"], head_layers=4, head_variant="code")),
         ("SimReg, SSL teacher: 4-layer, different views", different),
         ("SimReg, SSL teacher: 4-layer inverted (teacher side)", simreg(["ssl"], head_layers=4, projector="inverted")),
+        # no "no head" row: the supervised teacher's 512-d feature cannot meet the student's 64-d one
+        *([("SimReg, supervised teacher: linear head", simreg(["sup"], head_layers=1)),
+           ("SimReg, supervised teacher: 2-layer head", simreg(["sup"], head_layers=2))]
+          if s.get("supervised_head_ablation") else []),
         ("SimReg, supervised teacher: 4-layer head", simreg(["sup"], head_layers=4)),
         ("SimReg, both teachers: 4-layer heads", simreg(["ssl", "sup"], head_layers=4)),
         ("SimReg, both teachers: linear heads", simreg(["ssl", "sup"], head_layers=1)),
@@ -156,23 +185,85 @@ def reference_rows(s: Dict[str, Any], seeds: Sequence[int], teacher_dirs: Dict[s
     return rows
 
 
-def reproduce_simreg(out: Path, quick: bool = False, seeds=None, log: Callable[[str], None] = print) -> str:
-    s = SCALES["quick" if quick else "full"]
+#: the baselines whose loss weight is chosen on a validation split (SimReg's own rows keep the paper's)
+SELECTED_ROWS = ("CRD (no labels), SSL teacher", "CC, SSL teacher")
+
+
+def selection_runs(cells: Dict[str, Dict[str, Any]], s: Dict[str, Any], seed: int, out: Path) -> Dict[str, Dict[str, Run]]:
+    """Per baseline row, its weight candidates: ``{row: {label: (config, folder)}}``. Each candidate
+    trains once (first seed) on the students' training images minus a held-out validation part and is
+    scored by its k-NN monitor there — never on the test split."""
+    if "select" not in s:
+        return {}
+    sel = s["select"]
+    return {row: {label: (deep_merge(deep_merge(cells[row], patch), {"seed": seed, "data": {"validation": sel["validation"]}}),
+                          out / "selection" / slug(f"{row}__{label}__s{seed}"))
+                  for label, patch in weight_candidates(cells[row], sel["factors"]).items()}
+            for row in SELECTED_ROWS if row in cells}
+
+
+def choose_weights(candidates: Dict[str, Dict[str, Run]], log: Callable[[str], None]) -> Tuple[Dict[str, str], List[List[Any]]]:
+    """Train (or read back) every candidate; ``({row: best label}, selection table rows)``."""
+    chosen, table = {}, []
+    for row, runs in candidates.items():
+        scores = {}
+        for label, (config, folder) in runs.items():
+            try:
+                summary = train_config(config, folder, log)
+            except NonFiniteLossError:
+                scores[label] = float("-inf")
+                continue
+            if summary.get("eval_split") != "validation":
+                raise ConfigError(f"selection run '{folder}' was not scored on a validation split")
+            scores[label] = float(summary["last"]["knn_acc"])
+        chosen[row] = max(scores, key=scores.get)
+        table += [[row, label, score, int(label == chosen[row])] for label, score in scores.items()]
+    return chosen, table
+
+
+def reproduce_simreg(out: Path, quick: bool = False, seeds=None, log: Callable[[str], None] = print,
+                     scale: Optional[str] = None, workers: Optional[int] = None) -> str:
+    """``scale``: a key of :data:`SCALES` (``quick`` with ``quick=True``, ``full`` otherwise). The runs
+    train ``workers`` at a time in one-thread processes (default: one per core), then are read back."""
+    scale = scale or ("quick" if quick else "full")
+    s = SCALES[scale]
     seeds = tuple(seeds or s["seeds"])
+    workers = workers or default_workers()
     create_dataset("fashion_mnist", "test", subset=1)  # no data set: the install line, before any work
     teacher_dirs = {"ssl": out / "teacher_ssl", "sup": out / "teacher_sup"}
-    for name, cfg in teacher_configs(s).items():
+    teachers = teacher_configs(s)
+    for name, cfg in teachers.items():
         log(f"teacher {name}: {cfg['student']['name']} ({'SimCLR, no labels' if name == 'ssl' else 'supervised'})")
+    if workers > 1:
+        train_runs([(cfg, teacher_dirs[n]) for n, cfg in teachers.items()], workers, log)
+    for name, cfg in teachers.items():
         train_config(cfg, teacher_dirs[name], log)
     checkpoints = {n: str(d / "student.pt") for n, d in teacher_dirs.items()}
+    cells = dict(student_cells(s, checkpoints))
+    candidates = selection_runs(cells, s, seeds[0], out)
+    # every run that does not wait for a choice, side by side: the candidates and the other rows' seeds
+    fixed = [(deep_merge(cfg, {"seed": seed}), _run_dir(out, row, seed)) for row, cfg in cells.items()
+             if row not in candidates for seed in seeds]
+    score = partial(evaluate_run, probe_epochs=s["probe_epochs"])  # probes run in the workers too
+    if workers > 1:
+        train_runs([r for runs in candidates.values() for r in runs.values()], workers, log)
+        train_runs(fixed, workers, log, then=score)
+    chosen, selection = choose_weights(candidates, log)
+    for row, label in chosen.items():
+        log(f"  {row}: {label} chosen on the validation split")
+        cells[row] = deep_merge(cells[row], weight_candidates(cells[row], s["select"]["factors"])[label])
+    plateau = deep_merge(cells[PLATEAU_ROW], {"seed": seeds[0], "train": {"epochs": 2 * s["epochs"]}}) if PLATEAU_ROW in cells else None
+    if workers > 1:
+        chosen_runs = [(deep_merge(cells[row], {"seed": seed}), _run_dir(out, row, seed)) for row in chosen for seed in seeds]
+        extra = [(plateau, _longer_dir(out, seeds[0]))] if plateau is not None else []
+        train_runs(chosen_runs + extra, workers, log, then=score)
     results: List[Result] = []
     curves: Dict[str, List[List[float]]] = {}
-    cells = student_cells(s, checkpoints)
-    for row, cfg in cells:
+    for row, cfg in cells.items():
         values: Dict[str, List[float]] = {m: [] for m, _ in METRICS}
         diverged, seconds = 0, 0.0
         for seed in seeds:
-            folder = out / "runs" / f"{slug(row)}__s{seed}"
+            folder = _run_dir(out, row, seed)
             try:
                 train_config(deep_merge(cfg, {"seed": seed}), folder, log)
             except NonFiniteLossError as e:  # a diverged run is a result too: reported, not hidden
@@ -185,9 +276,9 @@ def reproduce_simreg(out: Path, quick: bool = False, seeds=None, log: Callable[[
             seconds += _seconds(folder)
         for m, label in METRICS:
             results.append(Result(label, row, m, values[m], seconds, diverged))
-    longer = longer_training(dict(cells), s, seeds[0], out, log)
+    longer = longer_training(plateau, s, seeds[0], out, log) if plateau is not None else {}
     refs = reference_rows(s, seeds, teacher_dirs, out)
-    title = (f"SimReg on Fashion-MNIST without labels ({'quick' if quick else 'full'} scale: students "
+    title = (f"SimReg on Fashion-MNIST without labels ({scale} scale: students "
              f"{s['epochs']} epochs on {s['subset']} images, teachers on {s['teacher_subset']})")
     md = write_tables(results, out, title, scale=100.0, transpose=True)
     md = md.replace("(last epoch)", "(of the final student's frozen backbone, %)")
@@ -195,6 +286,10 @@ def reproduce_simreg(out: Path, quick: bool = False, seeds=None, log: Callable[[
     md += "| | k-NN k=1 | k-NN k=20 | linear probe |\n|---|---|---|---|\n"
     for name, r in refs.items():
         md += f"| {name} | {100 * r['knn_k1']:.2f} | {100 * r['knn_k20']:.2f} | {100 * r['linear']:.2f} |\n"
+    if selection:
+        md += selection_note(selection, s)
+        with open(out / "selection.csv", "w", newline="") as f:
+            csv.writer(f).writerows([["row", "candidate", "validation_knn", "selected"], *selection])
     md += "\n" + plateau_note(curves) + "\n"
     if longer:
         md += (f"\nTrained twice as long ({2 * s['epochs']} epochs, seed {seeds[0]}), the row '{PLATEAU_ROW}' gives "
@@ -207,15 +302,30 @@ def reproduce_simreg(out: Path, quick: bool = False, seeds=None, log: Callable[[
     return md
 
 
-def longer_training(cells: Dict[str, Dict[str, Any]], s: Dict[str, Any], seed: int, out: Path,
+def selection_note(table: Sequence[Sequence[Any]], s: Dict[str, Any]) -> str:
+    """The weight selection as a table (also written to ``selection.csv``)."""
+    md = (f"\nWeights of the baselines, chosen on a validation split ({s['select']['validation']} of the students' "
+          "training images held out; the leave-one-out k-NN monitor after the last epoch; first seed):\n\n"
+          "| row | candidate | validation k-NN | chosen |\n|---|---|---|---|\n")
+    for row, label, score, picked in table:
+        md += f"| {row} | {label} | {100 * score:.2f} | {'✓' if picked else ''} |\n"
+    return md
+
+
+def _run_dir(out: Path, row: str, seed: int) -> Path:
+    return out / "runs" / f"{slug(row)}__s{seed}"
+
+
+def _longer_dir(out: Path, seed: int) -> Path:
+    return out / "runs" / f"{slug(PLATEAU_ROW)}__twice-as-long__s{seed}"
+
+
+def longer_training(plateau: Dict[str, Any], s: Dict[str, Any], seed: int, out: Path,
                     log: Callable[[str], None]) -> Dict[str, Dict[str, float]]:
     """The plateau check: PLATEAU_ROW once more with twice the epochs (the cosine schedule stretched)."""
-    if PLATEAU_ROW not in cells:
-        return {}
-    folder = out / "runs" / f"{slug(PLATEAU_ROW)}__twice-as-long__s{seed}"
-    train_config(deep_merge(cells[PLATEAU_ROW], {"seed": seed, "train": {"epochs": 2 * s["epochs"]}}), folder, log)
-    short = out / "runs" / f"{slug(PLATEAU_ROW)}__s{seed}"
-    return {"long": evaluate_run(folder, s["probe_epochs"]), "short": evaluate_run(short, s["probe_epochs"])}
+    folder = _longer_dir(out, seed)
+    train_config(plateau, folder, log)
+    return {"long": evaluate_run(folder, s["probe_epochs"]), "short": evaluate_run(_run_dir(out, PLATEAU_ROW, seed), s["probe_epochs"])}
 
 
 def _monitor_curve(folder: Path) -> List[float]:

@@ -1,0 +1,20 @@
+"""`crossdistill reproduce simreg` at the ``medium`` scale of ``lab/reproduce/simreg.py``: a SimCLR
+teacher trained on 10x the students' images (16 px), every student row over 3 seeds for 40 epochs,
+CRD's and CC's weights chosen on a validation split — about 2 h 10 min of a 2-core CPU (teachers
+42 min, students 85 min); ``medium-20`` is the same grid with 20-epoch students (45 min of students).
+docs/results.md#simreg reports both.
+
+    python -m crossdistill.lab.scripts.simreg_medium [OUT (default runs/reproduce/simreg-medium)] [SCALE (default medium)]
+
+A run that stops resumes: finished runs are read back, interrupted ones go on from their checkpoint;
+a new OUT folder can start from another one's teachers (copy its teacher_ssl/ and teacher_sup/).
+"""
+import sys
+from pathlib import Path
+
+from crossdistill.lab.reproduce.simreg import reproduce_simreg
+
+if __name__ == "__main__":  # the runs are spawned worker processes: they import this file
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/reproduce/simreg-medium")
+    scale = sys.argv[2] if len(sys.argv) > 2 else "medium"
+    print(reproduce_simreg(out, scale=scale, log=lambda *a: print(*a, flush=True)))

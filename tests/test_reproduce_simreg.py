@@ -59,8 +59,13 @@ def test_reproduce_simreg_writes_table_csv_and_plots(tmp_path, monkeypatch):
     assert [r["row"] for r in chosen] == ["CC, SSL teacher"] * 2 and sum(int(r["selected"]) for r in chosen) == 1
     best = max(chosen, key=lambda r: float(r["validation_knn"]))
     assert best["selected"] == "1" and "chosen on a validation split" in md
-    for folder in tmp_path.glob("selection/*"):
-        assert json.loads((folder / "summary.json").read_text())["eval_split"] == "validation"
+    # each candidate's score in selection.csv is its own run's validation k-NN (first seed)
+    folders = {f.name: f for f in tmp_path.glob("selection/*")}
+    assert len(folders) == 2
+    for row in chosen:
+        summary = json.loads((folders[simreg.slug(f"CC, SSL teacher__{row['candidate']}__s0")] / "summary.json").read_text())
+        assert summary["eval_split"] == "validation"
+        assert float(row["validation_knn"]) == pytest.approx(summary["last"]["knn_acc"])
     used = json.loads((tmp_path / "runs" / "CC--SSL-teacher__s1" / "grid_config.json").read_text())
     assert f"w={used['distill']['terms'][0]['weight']:g}" == best["candidate"]
     assert "validation" not in used["data"]
@@ -93,6 +98,9 @@ def test_choose_weights_keeps_the_best_validation_score_and_refuses_a_test_split
     chosen, table = simreg.choose_weights(runs, print)
     assert chosen == {"CC": "w=2"}
     assert [(r[1], r[3]) for r in table] == [("w=0.5", 0), ("w=2", 1), ("w=8", 0)] and table[2][2] == float("-inf")
+    scores = {"w=0.5": None, "w=2": None}
+    with pytest.raises(NonFiniteLossError, match="every weight candidate of 'CC' diverged"):
+        simreg.choose_weights({"CC": {label: ({}, tmp_path / label) for label in scores}}, print)
     monkeypatch.setattr(simreg, "train_config", lambda c, f, log: {"eval_split": "test", "last": {"knn_acc": 0.9}})
     with pytest.raises(ConfigError, match="not scored on a validation split"):
         simreg.choose_weights({"CC": {"w=1": ({}, tmp_path / "x")}}, print)

@@ -157,6 +157,6 @@ def test_select_weight_on_a_reproduction_without_weights_is_one_clear_error(tmp_
     from crossdistill.lab.reproduce import reproduce
 
     for what in ("simreg", "dpk-teacher-size", "teacher-cache"):
-        with pytest.raises(ConfigError, match=f"reproduce {what} has no loss weight to select.*zoo"):
+        with pytest.raises(ConfigError, match=f"reproduce {what} takes no --select-weight.*zoo"):
             reproduce(what, quick=True, out=str(tmp_path / what), select=Selection(factors=(0.1, 1.0)))
         assert not (tmp_path / what).exists()

@@ -38,7 +38,8 @@ def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: 
     if select is not None and "select" not in inspect.signature(fn).parameters:
         choose = ", ".join(n for n, (m, f) in REPRODUCTIONS.items()
                            if "select" in inspect.signature(getattr(importlib.import_module(f".{m}", __name__), f)).parameters)
-        raise ConfigError(f"reproduce {what} has no loss weight to select (--select-weight); it works with: {choose}")
+        raise ConfigError(f"reproduce {what} takes no --select-weight (it has no loss weight to select, or its scales "
+                          f"choose their baselines' weights on a validation split themselves); it works with: {choose}")
     md = fn(folder, quick=quick, seeds=seed_list, **({"select": select} if select is not None else {}))
     print(md)
     print(f"wrote {folder}/results.md, results.csv, results.png in {time.time() - t0:.0f}s")

@@ -12,11 +12,11 @@ Rows: SimReg's head depth (none / linear / 2-layer / 4-layer; the paper's heads 
 code's), different views, the inverted head, the supervised teacher (with its own head ablation where
 the scale sets ``supervised_head_ablation``), both teachers with independent 4-layer or linear heads, the baselines
 from this package (CRD without labels, CC) and a student trained with SimCLR itself. SimReg's rows
-keep the paper's loss (weight 1); the baselines' weights are chosen among ``select.factors`` × their
-defaults by the k-NN monitor on a validation part of the students' training images (first seed),
-never on the test split. Reference rows (not trained here): a randomly initialised ResNet-8 and the
-two teachers. The runs train side by side, one single-thread process per core
-(:mod:`.parallel`); scoring reads them back.
+keep the paper's loss (weight 1); where the scale sets ``select``, the baselines' weights are chosen
+among ``select.factors`` × their defaults by the k-NN monitor on a validation part of the students'
+training images (first seed), never on the test split (``first-attempt`` keeps the defaults).
+Reference rows (not trained here): a randomly initialised ResNet-8 and the two teachers. The runs
+train side by side, one single-thread process per core (:mod:`.parallel`); scoring reads them back.
 
 Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` (or the IDX files under
 ``$CROSSDISTILL_DATA/fashion-mnist``); without it the command stops with the install line.
@@ -44,8 +44,8 @@ from .parallel import Run, default_workers, train_runs
 
 SCALES: Dict[str, Dict[str, Any]] = {
     # 16 px (like DPK's medium scale) and 1 500 student images: the 28 px, 2 000-image quick run took
-    # 14 min 27 s on the AVX2 machine, one run after another; this one, two at a time, fits the
-    # 10-minute budget for --quick (docs/results.md#quick-sizes)
+    # 14 min 27 s on the AVX2 machine, one run after another; this one, two at a time, 5 min 54 s
+    # there (docs/results.md#quick-sizes)
     "quick": dict(subset=1500, teacher_subset=2000, epochs=4, ssl_epochs=6, sup_epochs=4, batch_size=128, nce_k=1024,
                   probe_epochs=100, seeds=(0, 1, 2), data_options={"image_size": 16}, train={"threads": 1},
                   select=dict(factors=(0.25, 1.0, 4.0), validation=0.2)),
@@ -216,6 +216,9 @@ def choose_weights(candidates: Dict[str, Dict[str, Run]], log: Callable[[str], N
             if summary.get("eval_split") != "validation":
                 raise ConfigError(f"selection run '{folder}' was not scored on a validation split")
             scores[label] = float(summary["last"]["knn_acc"])
+        if all(v == float("-inf") for v in scores.values()):
+            raise NonFiniteLossError(f"every weight candidate of '{row}' diverged on the validation split "
+                                     f"({', '.join(scores)}); choose smaller factors in the scale's 'select'")
         chosen[row] = max(scores, key=scores.get)
         table += [[row, label, score, int(label == chosen[row])] for label, score in scores.items()]
     return chosen, table
@@ -241,9 +244,13 @@ def reproduce_simreg(out: Path, quick: bool = False, seeds=None, log: Callable[[
     checkpoints = {n: str(d / "student.pt") for n, d in teacher_dirs.items()}
     cells = dict(student_cells(s, checkpoints))
     candidates = selection_runs(cells, s, seeds[0], out)
-    # every run that does not wait for a choice, side by side: the candidates and the other rows' seeds
-    fixed = [(deep_merge(cfg, {"seed": seed}), _run_dir(out, row, seed)) for row, cfg in cells.items()
-             if row not in candidates for seed in seeds]
+    # the plateau check's row keeps the paper's loss: it does not wait for a choice either
+    plateau = deep_merge(cells[PLATEAU_ROW], {"seed": seeds[0], "train": {"epochs": 2 * s["epochs"]}}) if PLATEAU_ROW in cells else None
+    # the runs that do not wait for a choice go first, side by side: the candidates (one pool, their
+    # scores decide the weights), then the other rows' seeds and the plateau check (the longest run first)
+    fixed = [(plateau, _longer_dir(out, seeds[0]))] if plateau is not None else []
+    fixed += [(deep_merge(cfg, {"seed": seed}), _run_dir(out, row, seed)) for row, cfg in cells.items()
+              if row not in candidates for seed in seeds]
     score = partial(evaluate_run, probe_epochs=s["probe_epochs"])  # probes run in the workers too
     if workers > 1:
         train_runs([r for runs in candidates.values() for r in runs.values()], workers, log)
@@ -252,11 +259,9 @@ def reproduce_simreg(out: Path, quick: bool = False, seeds=None, log: Callable[[
     for row, label in chosen.items():
         log(f"  {row}: {label} chosen on the validation split")
         cells[row] = deep_merge(cells[row], weight_candidates(cells[row], s["select"]["factors"])[label])
-    plateau = deep_merge(cells[PLATEAU_ROW], {"seed": seeds[0], "train": {"epochs": 2 * s["epochs"]}}) if PLATEAU_ROW in cells else None
     if workers > 1:
         chosen_runs = [(deep_merge(cells[row], {"seed": seed}), _run_dir(out, row, seed)) for row in chosen for seed in seeds]
-        extra = [(plateau, _longer_dir(out, seeds[0]))] if plateau is not None else []
-        train_runs(chosen_runs + extra, workers, log, then=score)
+        train_runs(chosen_runs, workers, log, then=score)
     results: List[Result] = []
     curves: Dict[str, List[List[float]]] = {}
     for row, cfg in cells.items():
@@ -401,7 +406,7 @@ def plot_curves(curves: Dict[str, List[List[float]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     for i, (row, runs) in enumerate(curves.items()):
         n = min(len(r) for r in runs) if runs else 0
         if n == 0:
@@ -412,7 +417,7 @@ def plot_curves(curves: Dict[str, List[List[float]]], path: Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("k-NN monitor, k=20 (%)")
     ax.set_title("Students' leave-one-out k-NN on the test split, per epoch (mean over seeds)", fontsize=9)
-    ax.legend(fontsize=6, loc="lower right")
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)  # beside: 17 rows
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -75,8 +75,47 @@ def test_reproduce_cross_architecture_runs_in_a_tiny_mode(tmp_path, monkeypatch)
     monkeypatch.setattr(ca, "base_config", tiny)
     assert cli.main(["reproduce", "cross-architecture", "--quick", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "results.md").read_text()
-    for col in ("student alone", "KD", "FitNet (tokens ↔ map)", "OFA", "DeiT token (hard)"):
+    for col in ("student alone", "KD", "FitNet (tokens ↔ map)", "OFA", "DeiT token (hard)", "VkD"):
         assert col in md
     assert "resnet20 → ViT" in md and "ViT → resnet8" in md and "over 2 seeds" in md
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
-    assert len(rows) == 9 and all(r["n_seeds"] == "2" for r in rows)
+    assert len(rows) == 10 and all(r["n_seeds"] == "2" for r in rows)
+    # the plateau check: every cell's curve, and the student alone trained twice as long each way
+    assert "Plateau check" in md and md.count("student alone, seed 0: ") == 2 and "after 2 epochs against" in md
+    assert len(list(tmp_path.glob("runs/*twice-as-long__s0/summary.json"))) == 2
+
+
+def test_the_split_grid_reports_only_finished_runs_and_never_chooses_from_part_of_the_candidates(tmp_path, monkeypatch):
+    import json
+
+    from crossdistill.lab.reproduce import grid
+    from crossdistill.lab.scripts import cross_architecture_split as split
+
+    def finish(name, acc, epochs=4):
+        folder = tmp_path / "runs" / grid.slug(name)
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({"last": {"acc": acc}}))
+        (folder / "metrics.jsonl").write_text("\n".join(json.dumps({"epoch": e, "acc": acc - 0.01 * (epochs - e)})
+                                                        for e in range(1, epochs + 1)))
+        (folder / "student.pt").write_bytes(b"")
+
+    for seed, acc in enumerate((0.80, 0.82, 0.81)):
+        finish(f"resnet20 → ViT__student alone__s{seed}", acc)
+    # KD: every candidate on seed 0 (w=9 best on validation), the chosen weight on seeds 1 and 2
+    for label, acc in (("w=0.09", 0.79), ("w=0.9", 0.78), ("w=9", 0.83)):
+        finish(f"resnet20 → ViT__KD__{label}__s0", acc)
+    finish("resnet20 → ViT__KD__w=9__s1", 0.84)
+    finish("resnet20 → ViT__KD__w=9__s2", 0.85)
+    # OFA: one candidate of three finished — no choice may be made from it
+    finish("resnet20 → ViT__OFA__w=0.1__s0", 0.99)
+    test_acc = {}
+    monkeypatch.setattr(split, "test_metrics", lambda student: {"acc": test_acc.setdefault(str(student), 0.5 + 0.01 * len(test_acc))})
+    by = {(r.row, r.col): r for r in split.collect(tmp_path)}
+    alone, kd, ofa = by[("resnet20 → ViT", "student alone")], by[("resnet20 → ViT", "KD")], by[("resnet20 → ViT", "OFA")]
+    assert alone.seeds == [0, 1, 2] and alone.selected == ""
+    assert kd.selected == "w=9" and kd.seeds == [0, 1, 2]
+    assert kd.runs == [str(tmp_path / "runs" / grid.slug(f"resnet20 → ViT__KD__w=9__s{s}")) for s in (0, 1, 2)]
+    assert ofa.selected == "" and ofa.values == [] and set(ofa.validation) == {"w=0.1"}
+    md = split.report(tmp_path)
+    assert "choice not finished" in md and "not run" in md and "± " in md and "(w=9)" in md
+    assert "| resnet20 → ViT / KD | w=9 | 83.00 ✓ |" in md

@@ -92,10 +92,45 @@ def test_bad_selection_flag_is_a_one_line_error_from_the_real_cli():
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "positive weight factors" in lines[0]
 
 
+def test_choosing_on_the_first_seed_trains_only_the_chosen_weight_on_the_others(tmp_path, monkeypatch):
+    import json
+
+    from crossdistill.lab.reproduce import grid
+    from crossdistill.lab.reproduce.parallel import chosen_runs, planned_runs
+
+    trained = []
+    real_train = grid.train_config
+    monkeypatch.setattr(grid, "train_config", lambda raw, folder, log=print: (trained.append(folder.name), real_train(raw, folder, log))[1])
+    distilled = {**BASE, **TEACHER, "distill": {"terms": [{"method": "fitnet", "weight": 1.0}]}}
+    cells = [Cell("r", "alone", BASE, "acc", True, (0, 1, 2)), Cell("r", "fitnet", distilled, "acc", True, (0, 1, 2))]
+    select = Selection(factors=(0.1, 10.0), validation=0.25, seeds=1)
+    # what the side-by-side pool trains first, before any choice: every candidate on seed 0, and every
+    # seed of the cell that has nothing to choose
+    first = sorted(f.name for _, f in planned_runs(cells, tmp_path, select))
+    assert first == ["r__alone__s0", "r__alone__s1", "r__alone__s2", "r__fitnet__w-0.1__s0", "r__fitnet__w-10__s0"]
+    alone, fit = run_grid(cells, tmp_path, log=lambda *a: None, select=select)
+    chosen = fit.selected.replace("=", "-")
+    # the choice reads seed 0 alone, and is the better of its two validation runs
+    scores = {label: json.loads((tmp_path / "runs" / f"r__fitnet__{label.replace('=', '-')}__s0" / "summary.json").read_text())["last"]["acc"]
+              for label in ("w=0.1", "w=10")}
+    assert fit.selected == max(scores, key=scores.get) and {k: v[0] for k, v in fit.validation.items()} == scores
+    other = "w-10" if chosen == "w-0.1" else "w-0.1"
+    assert sorted(set(trained)) == sorted(first + [f"r__fitnet__{chosen}__s1", f"r__fitnet__{chosen}__s2"])
+    assert not any(other in name and not name.endswith("s0") for name in trained)
+    assert fit.seeds == [0, 1, 2] and len(fit.values) == 3 and len(alone.values) == 3
+    assert "on the first 1 seed(s)" in write_tables([alone, fit], tmp_path, "t")
+    # and the pool's second phase names exactly the runs run_grid made after choosing
+    assert sorted(f.name for _, f in chosen_runs(cells, tmp_path, select, log=lambda *a: None)) == \
+        [f"r__fitnet__{chosen}__s1", f"r__fitnet__{chosen}__s2"]
+
+
 @pytest.mark.parametrize("args, msg", [
     (["--select-weight", "0,1"], "positive weight factors"),
     (["--select-weight", "--validation", "1.5"], "neither a count"),
     (["--validation", "0.2"], "add --select-weight"),
+    (["--select-seeds", "1"], "add --select-weight"),
+    (["--select-weight", "--select-seeds", "0"], "not a positive whole number"),
+    (["--workers", "2"], "takes no --workers"),
 ])
 def test_bad_selection_flags_are_one_line_errors(args, msg, capsys):
     from crossdistill.cli import main

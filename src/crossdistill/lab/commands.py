@@ -19,10 +19,12 @@ def cmd_bench(args) -> int:
 def cmd_reproduce(args) -> int:
     select = None
     if args.select_weight is not None:
-        select = Selection(factors=args.select_weight, validation=args.validation)
-    elif args.validation is not None:
-        raise ConfigError("--validation sets the split that --select-weight chooses on; add --select-weight")
-    reproduce(args.what, quick=args.quick, out=args.out, seeds=args.seeds, select=select)
+        held_out = {} if args.validation is None else {"validation": args.validation}
+        select = Selection(factors=args.select_weight, seeds=args.select_seeds, **held_out)
+    elif args.validation is not None or args.select_seeds is not None:
+        flag = "--validation" if args.validation is not None else "--select-seeds"
+        raise ConfigError(f"{flag} sets how --select-weight chooses; add --select-weight")
+    reproduce(args.what, quick=args.quick, out=args.out, seeds=args.seeds, select=select, workers=args.workers)
     return 0
 
 
@@ -40,6 +42,12 @@ def _factors(text: str):
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of positive weight factors "
                                          "such as 0.01,0.1,1,10")
     return values
+
+
+def _positive(text: str) -> int:
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number")
 
 
 def _validation(text: str):
@@ -75,6 +83,12 @@ def add_reproduce(sub) -> None:
                    "term's weight times each factor (default 0.01,0.1,1,10); tables report the selected one")
     r.add_argument("--validation", type=_validation, default=None,
                    help="with --select-weight: held-out part of the training split, a count or a fraction (default 0.2)")
+    r.add_argument("--select-seeds", type=_positive, default=None, metavar="N",
+                   help="with --select-weight: only the first N seeds train every candidate; the other seeds "
+                   "train the chosen weight alone (default: every seed trains every candidate)")
+    r.add_argument("--workers", type=_positive, default=None, metavar="N",
+                   help="runs trained side by side in one-thread processes, for the reproductions that "
+                   "train so (default: one per core, at most 4)")
     r.set_defaults(fn=cmd_reproduce)
 
 

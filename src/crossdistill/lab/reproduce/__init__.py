@@ -27,8 +27,9 @@ REPRODUCTIONS: Dict[str, Tuple[str, str]] = {
 
 
 def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: Optional[int] = None,
-              select=None) -> None:
-    """``select``: a :class:`~crossdistill.lab.reproduce.grid.Selection` (``--select-weight``) or None."""
+              select=None, workers: Optional[int] = None) -> None:
+    """``select``: a :class:`~crossdistill.lab.reproduce.grid.Selection` (``--select-weight``) or None;
+    ``workers``: runs trained side by side (``--workers``), for the reproductions that train so."""
     tag = ("-quick" if quick else "") + ("-select" if select is not None else "")
     folder = Path(out or f"runs/reproduce/{what}{tag}")
     seed_list = tuple(range(seeds)) if seeds else None
@@ -40,7 +41,12 @@ def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: 
                            if "select" in inspect.signature(getattr(importlib.import_module(f".{m}", __name__), f)).parameters)
         raise ConfigError(f"reproduce {what} takes no --select-weight (it has no loss weight to select, or its scales "
                           f"choose their baselines' weights on a validation split themselves); it works with: {choose}")
-    md = fn(folder, quick=quick, seeds=seed_list, **({"select": select} if select is not None else {}))
+    if workers is not None and "workers" not in inspect.signature(fn).parameters:
+        side_by_side = ", ".join(n for n, (m, f) in REPRODUCTIONS.items()
+                                 if "workers" in inspect.signature(getattr(importlib.import_module(f".{m}", __name__), f)).parameters)
+        raise ConfigError(f"reproduce {what} takes no --workers (it trains one run at a time); it works with: {side_by_side}")
+    extra = {"select": select} if select is not None else {}
+    md = fn(folder, quick=quick, seeds=seed_list, **extra, **({"workers": workers} if workers is not None else {}))
     print(md)
     print(f"wrote {folder}/results.md, results.csv, results.png in {time.time() - t0:.0f}s")
 

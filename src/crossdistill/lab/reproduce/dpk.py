@@ -29,13 +29,13 @@ import math
 import statistics
 import textwrap
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 from ...config import deep_merge
 from ...data import create_dataset
 from ...errors import DataError
 from ...models import create_model
-from .grid import Cell, Result, slug, run_grid, train_config
+from .grid import Cell, Result, eval_curve, last_quarter_gain, slug, run_grid, train_config
 from .parallel import default_workers, train_runs, train_side_by_side
 
 STUDENT = "resnet8"
@@ -149,25 +149,6 @@ def parameter_count(model: str, in_channels: int = 1) -> int:
     spec = teacher_model(model)
     net = create_model(spec["name"], num_classes=10, in_channels=in_channels, **spec.get("options", {}))
     return sum(p.numel() for p in net.parameters())
-
-
-def eval_curve(run: Path) -> List[Tuple[int, float]]:
-    """(epoch, test accuracy) of every evaluation a run logged."""
-    log = run / "metrics.jsonl"
-    if not log.exists():
-        return []
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return [(int(r["epoch"]), float(r["acc"])) for r in records if "acc" in r and "loss" not in r]
-
-
-def last_quarter_gain(curve: Sequence[Tuple[int, float]]) -> float:
-    """Accuracy gained over the last quarter of the epochs (NaN with fewer than 2 evaluations): about
-    0 at a plateau."""
-    if len(curve) < 2:
-        return float("nan")
-    last_epoch = curve[-1][0]
-    before = [a for e, a in curve if e <= last_epoch - max(1, last_epoch // 4)]
-    return curve[-1][1] - before[-1] if before else float("nan")
 
 
 def spearman(xs: Sequence[float], ys: Sequence[float]):

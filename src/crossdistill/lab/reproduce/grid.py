@@ -14,7 +14,9 @@ those without) is selected, and only then are *the same trained students* of the
 candidate scored on the test split with :func:`crossdistill.commands.evaluate.evaluate_checkpoint`.
 Cells without terms (no distillation) train once per seed on the same reduced split, so every
 column sees the same training data. The tables show the selected weight; ``selection.csv`` lists
-every candidate's validation score.
+every candidate's validation score. With ``Selection.seeds = n`` only the first ``n`` seeds train
+every candidate; the others train the selected one alone (on the same reduced split), which makes a
+grid of many candidates affordable at the cost of a noisier choice.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ class Selection:
 
     factors: Sequence[float] = DEFAULT_FACTORS  # candidate multipliers of every term's weight
     validation: Union[int, float] = 0.2         # data.validation: held-out count or fraction
+    seeds: Optional[int] = None                 # choose on the first n seeds (None: on all of them)
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Result:
     selected: str = ""  # the candidate chosen on validation ("" without selection)
     validation: Dict[str, Tuple[float, float, int]] = field(default_factory=dict)  # label → (mean, std, diverged)
     runs: List[str] = field(default_factory=list)  # the run folder of each value
+    chosen_on: int = 0  # how many seeds trained every candidate (0 without selection)
 
     @property
     def mean(self) -> float:
@@ -121,20 +125,21 @@ def run_grid(cells: Sequence[Cell], out: Path, log: Callable[[str], None] = prin
     return results
 
 
-def _train_seeds(cell: Cell, config: Dict[str, Any], name: str, out: Path, log) -> Tuple[List[int], List[Dict[str, Any]], int]:
-    """Train ``config`` over the cell's seeds: (seeds that finished, their summaries, diverged count).
-    Each summary gains ``"folder"``, its run folder."""
-    seeds, summaries, diverged = [], [], 0
-    for seed in cell.seeds:
+def _train_seeds(cell: Cell, config: Dict[str, Any], name: str, out: Path, log,
+                 seeds: Optional[Sequence[int]] = None) -> Tuple[List[int], List[Dict[str, Any]], int]:
+    """Train ``config`` over ``seeds`` (default the cell's): (seeds that finished, their summaries,
+    diverged count). Each summary gains ``"folder"``, its run folder."""
+    done, summaries, diverged = [], [], 0
+    for seed in (cell.seeds if seeds is None else seeds):
         raw = deep_merge(config, {"seed": seed})
         folder = out / "runs" / slug(f"{name}__s{seed}")
         try:
             summaries.append(dict(train_config(raw, folder, log), folder=str(folder)))
-            seeds.append(seed)
+            done.append(seed)
         except NonFiniteLossError as e:  # a diverged run is a result too: reported, not hidden
             log(f"  {folder.name}: diverged ({e})")
             diverged += 1
-    return seeds, summaries, diverged
+    return done, summaries, diverged
 
 
 def _run_cell(cell: Cell, out: Path, log) -> Result:
@@ -166,15 +171,29 @@ def weight_candidates(config: Dict[str, Any], factors: Sequence[float]) -> Dict[
     return out
 
 
-def _run_cell_selected(cell: Cell, out: Path, log, select: Selection) -> Result:
+def candidate_runs(cell: Cell, select: Selection) -> Dict[str, Tuple[Dict[str, Any], str]]:
+    """label → (config, run name prefix) of every candidate of a cell under ``select``."""
     candidates = cell.candidates if cell.candidates is not None else weight_candidates(cell.config, select.factors)
+    return {label: (deep_merge(deep_merge(cell.config, patch), {"data": {"validation": select.validation}}),
+                    f"{cell.row}__{cell.col}" + (f"__{label}" if label else ""))
+            for label, patch in candidates.items()}
+
+
+def choosing_seeds(cell: Cell, select: Selection, candidates: int) -> Tuple[int, ...]:
+    """The seeds that train every candidate (all of a cell's seeds when there is nothing to choose)."""
+    return tuple(cell.seeds if select.seeds is None or candidates < 2 else cell.seeds[:select.seeds])
+
+
+def choose(cell: Cell, out: Path, log, select: Selection) -> Tuple[Result, Dict[str, Tuple[List[int], List[Dict[str, Any]], int]]]:
+    """Train (or read back) every candidate on the choosing seeds and pick one on validation: the
+    result so far (``selected``, ``validation``) and each candidate's (seeds, summaries, diverged)."""
+    runs = candidate_runs(cell, select)
+    seeds = choosing_seeds(cell, select, len(runs))
     res = Result(cell.row, cell.col, cell.metric)
     trained: Dict[str, Tuple[List[int], List[Dict[str, Any]], int]] = {}
-    for label, patch in candidates.items():
-        cfg = deep_merge(deep_merge(cell.config, patch), {"data": {"validation": select.validation}})
-        name = f"{cell.row}__{cell.col}" + (f"__{label}" if label else "")
-        trained[label] = _train_seeds(cell, cfg, name, out, log)
-        seeds, summaries, diverged = trained[label]
+    for label, (cfg, name) in runs.items():
+        trained[label] = _train_seeds(cell, cfg, name, out, log, seeds)
+        _, summaries, diverged = trained[label]
         if summaries:
             res.metric = cell.metric or summaries[0]["primary_metric"]
             if any(s.get("eval_split") != "validation" for s in summaries):
@@ -183,8 +202,19 @@ def _run_cell_selected(cell: Cell, out: Path, log, select: Selection) -> Result:
         res.validation[label] = (statistics.fmean(vals) if vals else math.nan,
                                  statistics.stdev(vals) if len(vals) > 1 else 0.0, diverged)
     res.selected = pick_candidate(res.validation, cell.higher_is_better)
-    # only now, and only for the selected candidate, is the test split read
+    res.chosen_on = len(seeds)
+    return res, trained
+
+
+def _run_cell_selected(cell: Cell, out: Path, log, select: Selection) -> Result:
+    res, trained = choose(cell, out, log, select)
     seeds, summaries, res.diverged = trained[res.selected]
+    rest = [s for s in cell.seeds if s not in choosing_seeds(cell, select, len(trained))]
+    if rest:  # the seeds that did not choose train the selected candidate alone
+        cfg, name = candidate_runs(cell, select)[res.selected]
+        more_seeds, more, diverged = _train_seeds(cell, cfg, name, out, log, rest)
+        seeds, summaries, res.diverged = seeds + more_seeds, summaries + more, res.diverged + diverged
+    # only now, and only for the selected candidate, is the test split read
     for seed, summary in zip(seeds, summaries):
         res.values.append(float(test_metrics(Path(summary["student"]), log)[res.metric]))
         res.seeds.append(seed)
@@ -222,6 +252,26 @@ def write_selection(results: Sequence[Result], out: Path) -> None:
         for r in results:
             for label, (mean, std, diverged) in r.validation.items():
                 w.writerow([r.row, r.col, label, f"{mean:.6f}", f"{std:.6f}", diverged, int(label == r.selected)])
+
+
+def eval_curve(run: Path) -> List[Tuple[int, float]]:
+    """(epoch, accuracy) of every evaluation a run logged (on the test split, or on the validation
+    split when it has one)."""
+    log = run / "metrics.jsonl"
+    if not log.exists():
+        return []
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [(int(r["epoch"]), float(r["acc"])) for r in records if "acc" in r and "loss" not in r]
+
+
+def last_quarter_gain(curve: Sequence[Tuple[int, float]]) -> float:
+    """Accuracy gained over the last quarter of the epochs (NaN with fewer than 2 evaluations): about
+    0 at a plateau."""
+    if len(curve) < 2:
+        return float("nan")
+    last_epoch = curve[-1][0]
+    before = [a for e, a in curve if e <= last_epoch - max(1, last_epoch // 4)]
+    return curve[-1][1] - before[-1] if before else float("nan")
 
 
 def slug(s: str) -> str:
@@ -266,8 +316,11 @@ def write_tables(results: Sequence[Result], out: Path, title: str, scale: float 
     n = max((len(r.values) for r in results), default=0)
     lines += ["", f"Metric: {', '.join(metrics)} (last epoch), mean ± std over {n} seeds."]
     if any(r.validation for r in results):
+        chose = max((r.chosen_on for r in results if len(r.validation) > 1), default=0)
+        over = f"on the first {chose} seed(s), whose other seeds then trained the selected weight alone" \
+            if 0 < chose < n else "over seeds"
         lines += ["Weights selected on a validation split held out from the training data (w=… in each cell: "
-                  "the selected weight(s), by the mean validation metric over seeds); every column trained "
+                  f"the selected weight(s), by the mean validation metric {over}); every column trained "
                   "on the same reduced training split; the test metric is of the selected weight's students "
                   "(`selection.csv` lists every candidate)."]
     md = "\n".join(lines) + "\n"

@@ -22,26 +22,39 @@ import torch
 
 from ...config import deep_merge
 from ...errors import NonFiniteLossError
-from .grid import Cell, Selection, slug, train_config, weight_candidates
+from .grid import Cell, Selection, candidate_runs, choose, choosing_seeds, slug, train_config
 
 Run = Tuple[Dict[str, Any], Path]
 
 
 def planned_runs(cells: Sequence[Cell], out: Path, select: Optional[Selection] = None) -> List[Run]:
-    """The (config, run folder) of every training run ``run_grid(cells, out, select=select)`` makes,
-    named and configured as it names and configures them."""
+    """The (config, run folder) of every training run ``run_grid(cells, out, select=select)`` makes
+    before it chooses (with ``select.seeds``, the selected candidates' other seeds come after: see
+    :func:`chosen_runs`), named and configured as it names and configures them."""
     runs: List[Run] = []
     for cell in cells:
         if select is None:
-            variants = {"": (cell.config, f"{cell.row}__{cell.col}")}
+            variants, seeds = [(cell.config, f"{cell.row}__{cell.col}")], cell.seeds
         else:
-            candidates = cell.candidates if cell.candidates is not None else weight_candidates(cell.config, select.factors)
-            variants = {label: (deep_merge(deep_merge(cell.config, patch), {"data": {"validation": select.validation}}),
-                                f"{cell.row}__{cell.col}" + (f"__{label}" if label else ""))
-                        for label, patch in candidates.items()}
-        for config, name in variants.values():
-            for seed in cell.seeds:
+            candidates = candidate_runs(cell, select)
+            variants, seeds = list(candidates.values()), choosing_seeds(cell, select, len(candidates))
+        for config, name in variants:
+            for seed in seeds:
                 runs.append((deep_merge(config, {"seed": seed}), out / "runs" / slug(f"{name}__s{seed}")))
+    return runs
+
+
+def chosen_runs(cells: Sequence[Cell], out: Path, select: Selection, log: Callable[[str], None] = print) -> List[Run]:
+    """With ``select.seeds``: once :func:`planned_runs` are trained, the selected candidate of every
+    cell on its remaining seeds (the choice read back from the finished validation runs)."""
+    runs: List[Run] = []
+    for cell in cells:
+        candidates = candidate_runs(cell, select)
+        choosing = choosing_seeds(cell, select, len(candidates))
+        rest = [s for s in cell.seeds if s not in choosing]
+        if rest:
+            config, name = candidates[choose(cell, out, log, select)[0].selected]
+            runs += [(deep_merge(config, {"seed": seed}), out / "runs" / slug(f"{name}__s{seed}")) for seed in rest]
     return runs
 
 
@@ -97,12 +110,18 @@ def train_runs(runs: Sequence[Run], workers: int, log: Callable[[str], None] = p
 
 
 def train_side_by_side(cells: Sequence[Cell], out: Path, log: Callable[[str], None] = print,
-                       select: Optional[Selection] = None, workers: Optional[int] = None, what: str = "grid") -> None:
+                       select: Optional[Selection] = None, workers: Optional[int] = None, what: str = "grid",
+                       extra: Sequence[Run] = ()) -> None:
     """Train every run that ``run_grid(cells, out, select=select)`` would train, ``workers`` at a time in
     single-thread processes (default one per core), so that ``run_grid`` afterwards only reads them back,
-    scores and tabulates; with one worker it does nothing (``run_grid`` trains them itself)."""
+    scores and tabulates; ``extra`` runs (e.g. a longer plateau check) go first in the same pool. With
+    one worker it does nothing (``run_grid`` and the caller train them themselves)."""
     workers = workers or default_workers()
     if workers > 1:
-        runs = planned_runs(cells, out, select)
+        runs = list(extra) + planned_runs(cells, out, select)
         log(f"{what}: {len(runs)} runs, {workers} at a time (one thread each), into {out}/runs/")
         train_runs(runs, workers, log)
+        if select is not None and select.seeds is not None:
+            runs = chosen_runs(cells, out, select, log)
+            log(f"{what}: the chosen weights' other seeds, {len(runs)} runs")
+            train_runs(runs, workers, log)

@@ -33,8 +33,9 @@ from .parallel import Run, default_workers, planned_runs, train_runs, train_side
 SCALES: Dict[str, Dict[str, Any]] = {
     # a few minutes on a 2-core CPU (docs/results.md has the timing)
     "quick": dict(subset=1000, test_subset=1000, epochs=4, teacher_epochs=6, seeds=(0, 1, 2)),
-    # 10 000 images, 30 epochs: about 20 minutes per student on one CPU core, minutes on a GPU
-    # (docs/results.md#cross-architecture has the run and its plateau check)
+    # 10 000 images, 30 epochs: 14-30 min per student on one core of the 2-core CPU (807-1 795 s
+    # measured, two at a time); the ViT students are not at a plateau by then (+5.4 points with twice
+    # the epochs): docs/results.md#cross-architecture
     "full": dict(subset=10000, test_subset=10000, epochs=30, teacher_epochs=30, seeds=(0, 1, 2)),
 }
 CNN_TEACHER, CNN_STUDENT = "resnet20", "resnet8"

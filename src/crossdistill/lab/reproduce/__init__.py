@@ -37,18 +37,22 @@ def reproduce(what: str, quick: bool = False, out: Optional[str] = None, seeds: 
     module, name = REPRODUCTIONS[what]
     fn = getattr(importlib.import_module(f".{module}", __name__), name)
     if select is not None and "select" not in inspect.signature(fn).parameters:
-        choose = ", ".join(n for n, (m, f) in REPRODUCTIONS.items()
-                           if "select" in inspect.signature(getattr(importlib.import_module(f".{m}", __name__), f)).parameters)
         raise ConfigError(f"reproduce {what} takes no --select-weight (it has no loss weight to select, or its scales "
-                          f"choose their baselines' weights on a validation split themselves); it works with: {choose}")
+                          f"choose their baselines' weights on a validation split themselves); it works with: "
+                          f"{_taking('select')}")
     if workers is not None and "workers" not in inspect.signature(fn).parameters:
-        side_by_side = ", ".join(n for n, (m, f) in REPRODUCTIONS.items()
-                                 if "workers" in inspect.signature(getattr(importlib.import_module(f".{m}", __name__), f)).parameters)
-        raise ConfigError(f"reproduce {what} takes no --workers (it trains one run at a time); it works with: {side_by_side}")
+        raise ConfigError(f"reproduce {what} takes no --workers (it trains one run at a time); it works with: "
+                          f"{_taking('workers')}")
     extra = {"select": select} if select is not None else {}
     md = fn(folder, quick=quick, seeds=seed_list, **extra, **({"workers": workers} if workers is not None else {}))
     print(md)
     print(f"wrote {folder}/results.md, results.csv, results.png in {time.time() - t0:.0f}s")
+
+
+def _taking(parameter: str) -> str:
+    """The reproductions whose function takes ``parameter``, comma-separated."""
+    return ", ".join(n for n, (m, f) in REPRODUCTIONS.items()
+                     if parameter in inspect.signature(getattr(importlib.import_module(f".{m}", __name__), f)).parameters)
 
 
 def demo(out: str = "runs/demo", quick: bool = False) -> None:

@@ -89,18 +89,11 @@ def reproduce_cross_architecture(out: Path, quick: bool = False, seeds=None, log
     s = SCALES["quick" if quick else "full"]
     seeds = tuple(seeds or s["seeds"])
     workers = workers or default_workers()
-    teachers = {teacher: out / f"teacher_{teacher}" for _, teacher, _, _ in directions()}
+    teachers = teacher_dirs(out)
     configs = {t: deep_merge(base_config(s, t, s["teacher_epochs"]), {"seed": 1000}) for t in teachers}
-    cells, longer = [], []
-    for row, teacher, student, methods in directions():
-        distilled = {"teachers": {"default": {"checkpoint": str(teachers[teacher] / "student.pt")}}}
-        base = base_config(s, student, s["epochs"])
-        cells.append(Cell(row, "student alone", base, "acc", True, seeds))
-        for col, distill in methods.items():
-            # DeiT's student carries the distillation token and its head
-            cfg = base_config(s, "deit_student", s["epochs"]) if distill is DEIT else base
-            cells.append(Cell(row, col, deep_merge(cfg, {**distilled, "distill": distill}), "acc", True, seeds))
-        longer.append(plateau_run(base, row, seeds[0], s, out, select))
+    cells = grid_cells(s, seeds, teachers)
+    longer = [plateau_run(base_config(s, student, s["epochs"]), row, seeds[0], s, out, select)
+              for row, _, student, _ in directions()]
     log(f"teachers: {', '.join(teachers)} on Fashion-MNIST")
     if workers > 1:  # the students alone need no teacher: they train beside the teachers
         alone = [c for c in cells if c.col == "student alone"]
@@ -121,6 +114,25 @@ def reproduce_cross_architecture(out: Path, quick: bool = False, seeds=None, log
     (out / "results.md").write_text(md)
     plot_results(results, out / "results.png", title, "test accuracy (%)", scale=100.0)
     return md
+
+
+def teacher_dirs(out: Path) -> Dict[str, Path]:
+    """teacher model → its run folder (the students' configs name its checkpoint through it)."""
+    return {teacher: out / f"teacher_{teacher}" for _, teacher, _, _ in directions()}
+
+
+def grid_cells(s: Dict[str, Any], seeds, teachers: Dict[str, Path]) -> List[Cell]:
+    """Every cell of the grid: per direction the student alone, then a column per method."""
+    cells = []
+    for row, teacher, student, methods in directions():
+        distilled = {"teachers": {"default": {"checkpoint": str(teachers[teacher] / "student.pt")}}}
+        base = base_config(s, student, s["epochs"])
+        cells.append(Cell(row, "student alone", base, "acc", True, seeds))
+        for col, distill in methods.items():
+            # DeiT's student carries the distillation token and its head
+            cfg = base_config(s, "deit_student", s["epochs"]) if distill is DEIT else base
+            cells.append(Cell(row, col, deep_merge(cfg, {**distilled, "distill": distill}), "acc", True, seeds))
+    return cells
 
 
 def plateau_run(base: Dict[str, Any], row: str, seed: int, s: Dict[str, Any], out: Path, select) -> Run:

@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Dict, List
 
-from ...config import deep_merge
 from ..reproduce import cross_architecture as ca
-from ..reproduce.grid import (Cell, Result, Selection, candidate_runs, choosing_seeds, eval_curve, last_quarter_gain,
-                              pick_candidate, plot_results, slug, test_metrics)
+from ..reproduce.grid import (Cell, Result, Selection, candidate_runs, choosing_seeds, pick_candidate, plot_results,
+                              slug, test_metrics)
 from ..reproduce.parallel import chosen_runs, planned_runs, train_runs
 
 SELECT = Selection(factors=(0.1, 1.0, 10.0), seeds=1)
@@ -38,15 +36,7 @@ SELECT = Selection(factors=(0.1, 1.0, 10.0), seeds=1)
 def grid_cells(out: Path) -> Dict[str, Cell]:
     """"row/column" → the cell, exactly as ``reproduce_cross_architecture`` builds it at full scale."""
     s = ca.SCALES["full"]
-    cells: Dict[str, Cell] = {}
-    for row, teacher, student, methods in ca.directions():
-        base = ca.base_config(s, student, s["epochs"])
-        cells[f"{row}/student alone"] = Cell(row, "student alone", base, "acc", True, s["seeds"])
-        distilled = {"teachers": {"default": {"checkpoint": str(out / f"teacher_{teacher}" / "student.pt")}}}
-        for col, distill in methods.items():
-            cfg = ca.base_config(s, "deit_student", s["epochs"]) if distill is ca.DEIT else base
-            cells[f"{row}/{col}"] = Cell(row, col, deep_merge(cfg, {**distilled, "distill": distill}), "acc", True, s["seeds"])
-    return cells
+    return {f"{c.row}/{c.col}": c for c in ca.grid_cells(s, s["seeds"], ca.teacher_dirs(out))}
 
 
 def _finished(folder: Path) -> Dict | None:
@@ -125,18 +115,10 @@ def report(out: Path) -> str:
             w.writerow([r.row, r.col, r.selected, len(r.values), f"{r.mean:.6f}" if r.values else "",
                         f"{r.std:.6f}" if r.values else "", " ".join(f"{v:.6f}" for v in r.values),
                         " ".join(map(str, r.seeds))])
-    md += "\nPlateau check (validation accuracy per epoch; gain over the last quarter, mean over the finished seeds):\n\n"
-    md += "| cell | gain (points) |\n|---|---|\n"
-    for r in results:
-        gains = [g for g in (last_quarter_gain(eval_curve(Path(run))) for run in r.runs) if not math.isnan(g)]
-        if gains:
-            md += f"| {r.row} / {r.col} | {100 * statistics.fmean(gains):+.2f} |\n"
-    for row, *_ in ca.directions():
-        short = eval_curve(out / "runs" / slug(f"{row}__student alone__s0"))
-        long = eval_curve(out / "runs" / slug(f"{row}__student alone__twice-as-long__s0"))
-        if short and long:
-            md += (f"\n{row}, student alone, seed 0, validation accuracy: {100 * long[-1][1]:.2f} after {long[-1][0]} "
-                   f"epochs against {100 * short[-1][1]:.2f} after {short[-1][0]}.\n")
+    s = ca.SCALES["full"]
+    longer = [ca.plateau_run(ca.base_config(s, student, s["epochs"]), row, s["seeds"][0], s, out, SELECT)
+              for row, _, student, _ in ca.directions()]
+    md += ca.plateau_note(results, longer, s, SELECT)
     (out / "results.md").write_text(md)
     done = [r for r in results if r.values]
     plot_results(done, out / "results.png", "Cross-architecture distillation on Fashion-MNIST (full scale: 10 000 "
